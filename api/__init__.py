@@ -1,0 +1,48 @@
+"""The HTTP API. No torch here: jobs are published to the workers by task name."""
+
+from flask_openapi3 import Info, OpenAPI
+
+from api.cli import create_key_command
+from api.content import StrictJSONProvider
+from api.errors import ErrorResponse, register_error_handlers, validation_error_response
+from api.health import health_api
+from api.jobs import jobs_api
+from config import Settings, get_settings
+from config.logs import configure_logging
+from services.jobs import JobStore
+from worker.factory import init_celery
+
+__version__ = "0.1.0"
+
+BEARER_SCHEME = {"type": "http", "scheme": "bearer", "description": "An API key from `create-key`."}
+
+
+def create_app(settings: Settings | None = None) -> OpenAPI:
+    """Build the Flask app (and its Celery app) from ``settings`` or the environment."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    app = OpenAPI(
+        __name__,
+        info=Info(
+            title="convoq",
+            version=__version__,
+            description="Jobs for conversation memory built from local models.",
+        ),
+        security_schemes={"bearer": BEARER_SCHEME},
+        doc_prefix="",
+        doc_url="/openapi.json",
+        validation_error_status=422,
+        validation_error_model=ErrorResponse,
+        validation_error_callback=validation_error_response,
+    )
+    app.json = StrictJSONProvider(app)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["convoq.settings"] = settings
+    app.extensions["convoq.jobs"] = JobStore(settings.database_url)
+    init_celery(app, settings)
+    register_error_handlers(app)
+    app.register_api(jobs_api)
+    app.register_api(health_api)
+    app.add_url_rule("/docs", "docs", app.view_functions["swagger.swagger"])
+    app.cli.add_command(create_key_command)
+    return app

@@ -1,0 +1,114 @@
+"""One error shape for every failure: ``{"error": {"code", "message", "details"}}``."""
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+
+log = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]] = []
+
+
+class ErrorResponse(BaseModel):
+    """Returned with every 4xx and 5xx status."""
+
+    error: ErrorBody
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or []
+        self.headers = headers or {}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    response = jsonify({"error": {"code": code, "message": message, "details": details or []}})
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+# Codes for the HTTP errors Flask and Werkzeug raise on their own.
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def validation_error_response(exc: ValidationError) -> Response:
+    """422 naming each offending field (flask-openapi3's validation callback)."""
+    details = [
+        {
+            "field": ".".join(str(part) for part in error["loc"]) or "body",
+            "message": error["msg"],
+            "type": error["type"],
+        }
+        for error in exc.errors(include_url=False, include_input=False)
+    ]
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+    return error_response(422, "validation_error", summary, details)
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = _HTTP_CODES.get(status, (exc.name or "error").lower().replace(" ", "_"))
+        message = exc.description or exc.name
+        headers = {}
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            headers["Allow"] = ", ".join(exc.valid_methods)
+        if isinstance(exc, RequestEntityTooLarge):
+            message = (
+                f"the body is larger than the limit of {app.config['MAX_CONTENT_LENGTH']:,} bytes"
+            )
+        return error_response(status, code, message, headers=headers)
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def _database_unavailable(exc: Exception) -> Response:
+        log.error("database unavailable", exc_info=True)
+        return error_response(
+            503,
+            "database_unavailable",
+            "the database is unavailable; try again shortly",
+            headers={"Retry-After": "5"},
+        )
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "an unexpected error occurred")

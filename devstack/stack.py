@@ -1,0 +1,88 @@
+"""Bring the local stack's services up (or find them), migrate, and shut down what we started."""
+
+import logging
+import os
+import stat
+from pathlib import Path
+from types import TracebackType
+
+from alembic import command
+from alembic.config import Config
+
+from config import Settings
+from devstack.services import EmbeddedService, ensure_database, ensure_postgres, ensure_redis
+from services.tenants import authenticate, create_api_key
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = ROOT / ".devstack"
+LOCAL_TENANT = "local"
+
+
+def migrate(database_url: str) -> None:
+    """``alembic upgrade head`` on ``database_url``."""
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    command.upgrade(config, "head")
+
+
+class LocalStack:
+    """Redis and PostgreSQL at the configured URLs, embedded where nothing answers.
+
+    Used as a context manager: the embedded servers it started are stopped on exit.
+    """
+
+    def __init__(self, settings: Settings, data_dir: Path = DEFAULT_DATA_DIR) -> None:
+        self.settings = settings
+        self.data_dir = data_dir
+        self.started: list[EmbeddedService] = []
+
+    def __enter__(self) -> "LocalStack":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.start_services()
+        ensure_database(self.settings.database_url)
+        migrate(self.settings.database_url)
+
+    def start_services(self) -> None:
+        """Start the embedded servers where nothing answers; leave the database alone."""
+        for service in (
+            ensure_redis(self.settings.redis_url, self.data_dir / "redis"),
+            ensure_postgres(self.settings.database_url, self.data_dir / "postgres"),
+        ):
+            if service is not None:
+                self.started.append(service)
+
+    def stop(self) -> None:
+        # Reverse order: the last service up is the first one down.
+        while self.started:
+            self.started.pop().stop()
+
+    def local_api_key(self) -> str:
+        """The local tenant's key, kept in the data directory and created on first use."""
+        key_file = self.data_dir / "local-api-key"
+        if key_file.exists():
+            key = key_file.read_text().strip()
+            if authenticate(self.settings.database_url, key) is not None:
+                return key
+        _, key = create_api_key(self.settings.database_url, LOCAL_TENANT, actor="devstack")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(key + "\n")
+        os.chmod(key_file, stat.S_IRUSR | stat.S_IWUSR)
+        return key

@@ -1,0 +1,22 @@
+"""SQLAlchemy 2.0 ORM models. Migrations live in ``migrations/``."""
+
+from models.audit import AuditLog
+from models.base import Base
+from models.conversation import Conversation, Message, Summary
+from models.job import ACTIVE_STATUSES, FINISHED_STATUSES, Job, JobStatus, JobType
+from models.tenant import ApiKey, Tenant
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "FINISHED_STATUSES",
+    "ApiKey",
+    "AuditLog",
+    "Base",
+    "Conversation",
+    "Job",
+    "JobStatus",
+    "JobType",
+    "Message",
+    "Summary",
+    "Tenant",
+]

@@ -1,0 +1,65 @@
+"""Conversations, their messages and their summaries."""
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from models.base import Base, created_at_column
+
+
+class Conversation(Base):
+    """``external_id`` is the caller's conversation id, unique within a tenant."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "external_id"),
+        Index("ix_conversations_tenant_user", "tenant_id", "user_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    external_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = created_at_column()
+    updated_at: Mapped[datetime] = created_at_column()
+
+    messages: Mapped[list["Message"]] = relationship(
+        back_populates="conversation", order_by="Message.seq"
+    )
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (UniqueConstraint("conversation_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE")
+    )
+    seq: Mapped[int]
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = created_at_column()
+
+    conversation: Mapped[Conversation] = relationship(back_populates="messages")
+
+
+class Summary(Base):
+    """A summary of a conversation's messages up to and including ``upto_seq``."""
+
+    __tablename__ = "summaries"
+    __table_args__ = (UniqueConstraint("conversation_id", "upto_seq"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE")
+    )
+    upto_seq: Mapped[int]
+    text: Mapped[str] = mapped_column(Text)
+    method: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(255))
+    input_tokens: Mapped[int | None]
+    output_tokens: Mapped[int | None]
+    created_at: Mapped[datetime] = created_at_column()

@@ -1,0 +1,82 @@
+"""The ``jobs`` table: PostgreSQL is the source of truth for job state."""
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import CheckConstraint, Enum, ForeignKey, Index, String, Text, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, created_at_column
+
+
+class JobType(StrEnum):
+    EMBED = "embed"
+    SUMMARIZE = "summarize"
+    CONVERSATION = "conversation"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+def _string_enum(enum: type[StrEnum], name: str) -> Enum:
+    return Enum(
+        enum,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda members: [member.value for member in members],
+    )
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # Listing a tenant's jobs newest first, optionally by status or type.
+        Index("ix_jobs_tenant_created", "tenant_id", text("created_at DESC"), text("id DESC")),
+        Index(
+            "ix_jobs_tenant_status_created",
+            "tenant_id",
+            "status",
+            text("created_at DESC"),
+            text("id DESC"),
+        ),
+        Index(
+            "uq_jobs_tenant_idempotency_key",
+            "tenant_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        CheckConstraint("progress_done >= 0 AND progress_total >= 0", name="progress_non_negative"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    type: Mapped[JobType] = mapped_column(_string_enum(JobType, "job_type"))
+    status: Mapped[JobStatus] = mapped_column(
+        _string_enum(JobStatus, "job_status"), default=JobStatus.QUEUED
+    )
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    progress_done: Mapped[int] = mapped_column(default=0)
+    progress_total: Mapped[int] = mapped_column(default=0)
+    attempts: Mapped[int] = mapped_column(default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = created_at_column()
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]

@@ -1,0 +1,59 @@
+"""Tenants and API keys. Keys are random, shown once, and stored as SHA-256 digests."""
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+
+from models import ApiKey, AuditLog, Tenant
+from models.db import session_scope
+
+KEY_PREFIX = "cvq_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the tenant a key belongs to, and the key's public prefix."""
+
+    tenant_id: uuid.UUID
+    tenant_name: str
+    key_prefix: str
+
+
+def hash_key(key: str) -> str:
+    # Keys carry 256 random bits, so a fast digest is enough; no salt or KDF needed.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_api_key(database_url: str, tenant_name: str, *, actor: str) -> tuple[Principal, str]:
+    """Create the tenant if it is new, and a key for it. Returns the key in clear, once."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    prefix = key[: len(KEY_PREFIX) + 8]
+    with session_scope(database_url) as session:
+        session.execute(insert(Tenant).values(name=tenant_name).on_conflict_do_nothing())
+        tenant = session.scalars(select(Tenant).where(Tenant.name == tenant_name)).one()
+        session.add(ApiKey(tenant_id=tenant.id, key_hash=hash_key(key), prefix=prefix))
+        session.add(
+            AuditLog(
+                tenant_id=tenant.id,
+                actor=actor,
+                action="api_key.create",
+                target_type="api_key",
+                target_id=prefix,
+            )
+        )
+        return Principal(tenant.id, tenant.name, prefix), key
+
+
+def authenticate(database_url: str, key: str) -> Principal | None:
+    """The principal for a key, or None when the key is unknown or revoked."""
+    with session_scope(database_url) as session:
+        row = session.execute(
+            select(Tenant.id, Tenant.name, ApiKey.prefix)
+            .join(ApiKey.tenant)
+            .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+        ).one_or_none()
+    return Principal(*row) if row is not None else None

@@ -1,0 +1,153 @@
+"""Helpers for tests that drive real processes: Celery workers, the local stack."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+FINISHED = {"succeeded", "failed", "canceled"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def subprocess_env(base: Mapping[str, str], **overrides: str) -> dict[str, str]:
+    env = {**os.environ, **base, **overrides}
+    env["HF_HUB_OFFLINE"] = "1"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+class WorkerProcess:
+    """A real ``celery worker`` subprocess of this project, in its own session."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_dir: Path,
+        *,
+        queue: str,
+        pool: str,
+        concurrency: int = 1,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.hostname = f"{queue}-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+        self.queue = queue
+        self.log_path = log_dir / f"{self.hostname.split('@')[0]}.log"
+        self.command = [
+            sys.executable, "-m", "celery", "--app", "worker.celery_app:celery_app", "worker",
+            "--queues", queue, "--pool", pool, "--concurrency", str(concurrency),
+            "--hostname", self.hostname, "--without-mingle", "--without-gossip",
+            "--loglevel", "INFO", *extra_args,
+        ]  # fmt: skip
+        self.env = dict(env)
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90) -> "WorkerProcess":
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self._log_offset = 0
+        wait_for(self._ready, timeout, f"worker {self.hostname} to be ready", interval=0.2)
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"worker exited with {self.process.returncode}:\n{self.log_tail()}"
+            )
+        return f"{self.hostname} ready." in self.log()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def kill(self) -> None:
+        """kill -9 the worker and every process of its session."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def __enter__(self) -> "WorkerProcess":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def recreate_database(url: str) -> None:
+    """Drop and create the URL's database: every test session starts empty."""
+    parts = urlsplit(url.replace("+psycopg", ""))
+    name = parts.path.lstrip("/")
+    maintenance = parts._replace(path="/postgres").geturl()
+    with psycopg.connect(maintenance, autocommit=True) as connection:
+        connection.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def wait_for_job(
+    client: Any,
+    headers: dict[str, str],
+    job_id: str,
+    timeout: float = 60,
+    statuses: set[str] = FINISHED,
+) -> dict[str, Any]:
+    def finished() -> dict[str, Any] | None:
+        body = client.get(f"/v1/jobs/{job_id}", headers=headers).get_json()
+        return body if body["status"] in statuses else None
+
+    return wait_for(finished, timeout, f"job {job_id} to reach {sorted(statuses)}", interval=0.1)
+
+
+def submit_embed(client: Any, headers: dict[str, str], texts: list[str], **extra: Any) -> dict:
+    response = client.post("/v1/jobs/embed", json={"texts": texts, **extra}, headers=headers)
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()

@@ -1,0 +1,1 @@
+"""The Celery app, its configuration, signals and worker entry points."""

@@ -1,0 +1,67 @@
+"""Worker process set-up: logging, per-process resources after fork, model warm-up."""
+
+import logging
+from typing import Any
+
+from celery import Celery, current_app
+from celery.signals import setup_logging, worker_init, worker_process_init, worker_ready
+
+from config import get_settings
+from config.logs import configure_logging
+from models.db import dispose_engines
+from worker.queues import Queue, task_modules_for
+from worker.timelimits import enforce_in_this_process
+
+log = logging.getLogger(__name__)
+
+
+@setup_logging.connect
+def _configure_logging(**_: Any) -> None:
+    configure_logging(get_settings().log_level)
+
+
+def _pool_name(pool_cls: Any) -> str:
+    return pool_cls if isinstance(pool_cls, str) else pool_cls.__module__
+
+
+def _consumes_gpu_queue(app: Celery) -> bool:
+    return Queue.GPU.value in app.amqp.queues.consume_from
+
+
+def _warm_up_models() -> None:
+    # Imported here, not at the top: only gpu workers may import torch.
+    from inference.embedder import get_embedder
+
+    settings = get_settings()
+    get_embedder(settings.embedding_model_path, settings.inference_device)
+
+
+@worker_init.connect
+def _on_worker_init(sender: Any, **_: Any) -> None:
+    """Import the tasks of the queues this worker consumes, and only those.
+
+    The cpu pool then never imports torch, and the gpu pool never imports
+    what only the cpu pool needs.
+    """
+    for queue in Queue:
+        if queue.value in sender.app.amqp.queues.consume_from:
+            for module in task_modules_for(queue):
+                sender.app.loader.import_task_module(module)
+    if "solo" in _pool_name(sender.pool_cls):
+        enforce_in_this_process()
+
+
+@worker_process_init.connect
+def _on_process_init(**_: Any) -> None:
+    """In each prefork child: drop the parent's connections, then load models here."""
+    dispose_engines()
+    if _consumes_gpu_queue(current_app):
+        _warm_up_models()
+
+
+@worker_ready.connect
+def _on_worker_ready(sender: Any, **_: Any) -> None:
+    """A solo pool runs tasks in this process: load the models before the first one."""
+    if "solo" in _pool_name(type(sender.pool)) and _consumes_gpu_queue(sender.app):
+        _warm_up_models()
+        log.info("models loaded; gpu worker ready")
