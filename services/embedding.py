@@ -13,12 +13,16 @@ def embed_texts(
     batch_size: int,
     report_progress: Callable[[int, int], None],
 ) -> dict[str, Any]:
-    """Embed ``texts`` a batch at a time, reporting progress after each batch."""
+    """Embed ``texts`` a batch at a time, reporting progress between batches.
+
+    No report follows the last batch: storing the result completes the progress.
+    """
     vectors: list[list[float]] = []
     for start in range(0, len(texts), batch_size):
+        if start:
+            report_progress(len(vectors), len(texts))
         batch = texts[start : start + batch_size]
         vectors.extend(embedder.encode(batch, batch_size=batch_size).tolist())
-        report_progress(len(vectors), len(texts))
     info = embedder.info
     return {
         "model": info.model,

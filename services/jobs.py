@@ -113,8 +113,7 @@ class JobStore:
                 progress_total=total,
             )
             session.add(job)
-            session.flush()
-            session.refresh(job)
+            session.flush()  # INSERT … RETURNING fills in created_at
         try:
             publish(job)
         except Exception as exc:

@@ -1,0 +1,110 @@
+"""``make run``'s stack on a machine where nothing listens at the configured URLs.
+
+It must start the embedded Redis and PostgreSQL, serve the full path over HTTP,
+and on Ctrl-C stop every process it started.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+import requests
+
+from devstack.services import Address
+from tests.support import ROOT, free_port, subprocess_env, wait_for
+
+
+def stack_processes(root_pid: int, markers: list[str]) -> list[psutil.Process]:
+    """The stack's process tree, and every process whose command line names a marker
+    (the embedded servers rename themselves and PostgreSQL is daemonised by pg_ctl)."""
+    roots = []
+    for process in psutil.process_iter():
+        try:
+            command = " ".join(process.cmdline())
+            if process.pid == root_pid or any(marker in command for marker in markers):
+                roots.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    found = {}
+    for root in roots:
+        try:
+            for process in [root, *root.children(recursive=True)]:
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    found[process.pid] = process
+        except psutil.NoSuchProcess:
+            continue
+    return list(found.values())
+
+
+@pytest.mark.timeout(420)
+def test_local_stack_starts_embedded_servers_and_ctrl_c_stops_everything(tmp_path):
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"
+    database_url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/convoq"
+    api = f"127.0.0.1:{free_port()}"
+    data_dir = tmp_path / "stack"
+    for url, port in ((redis_url, 6379), (database_url, 5432)):
+        assert not Address.from_url(url, port).is_listening()
+    env = subprocess_env(
+        {}, REDIS_URL=redis_url, DATABASE_URL=database_url, API_BIND=api, API_WORKERS="1"
+    )
+    log_path = tmp_path / "stack.log"
+    markers = [str(data_dir), redis_url.split("//")[1].split("/")[0]]
+    with log_path.open("wb") as log:
+        stack = subprocess.Popen(
+            [sys.executable, "-m", "devstack", "run", "--data-dir", str(data_dir)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        base = f"http://{api}"
+
+        def ready() -> bool:
+            assert stack.poll() is None, log_path.read_text()
+            try:
+                return requests.get(f"{base}/readyz", timeout=2).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(ready, 180, "the local stack to be ready", interval=0.5)
+        key = (data_dir / "local-api-key").read_text().strip()
+        assert f"CONVOQ_KEY={key}" in log_path.read_text()
+        headers = {"Authorization": f"Bearer {key}"}
+        response = requests.post(
+            f"{base}/v1/jobs/embed", json={"texts": ["hello world", "Grüezi"]}, headers=headers
+        )
+        assert response.status_code == 202, response.text
+        job_url = base + response.headers["Location"]
+
+        def finished() -> dict | None:
+            body = requests.get(job_url, headers=headers, timeout=5).json()
+            return body if body["status"] in {"succeeded", "failed"} else None
+
+        job = wait_for(finished, 120, "the job to finish", interval=0.2)
+        assert job["status"] == "succeeded", job["error"]
+        vectors = np.array(job["result"]["vectors"])
+        assert vectors.shape == (2, 384)
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
+
+        started = stack_processes(stack.pid, markers)
+        names = " ".join(" ".join(p.cmdline()) for p in started)
+        for expected in ("redis-server", "postgres", "gunicorn", "--queues gpu", "--queues cpu"):
+            assert expected in names
+
+        os.killpg(stack.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        stack.wait(timeout=90)
+        time.sleep(1)
+        leftovers = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert leftovers == [], [p.cmdline() for p in leftovers]
+        assert stack_processes(stack.pid, markers) == []
+        for url, port in ((redis_url, 6379), (database_url, 5432)):
+            assert not Address.from_url(url, port).is_listening()
+        assert not Address.from_url(f"http://{api}", 80).is_listening()
+    finally:
+        if stack.poll() is None:
+            os.killpg(stack.pid, signal.SIGKILL)
+        for process in stack_processes(stack.pid, markers):
+            process.kill()
