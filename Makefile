@@ -34,6 +34,9 @@ format: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(PY) -m bench.overhead
+	$(PY) -m bench.throughput
+	$(PY) -m bench.search
+	$(PY) -m bench.summarize
 
 clean:
 	rm -rf $(VENV) .devstack .pytest_cache .ruff_cache

@@ -4,9 +4,11 @@ from flask_openapi3 import Info, OpenAPI
 
 from api.cli import create_key_command
 from api.content import StrictJSONProvider
+from api.conversations import conversations_api
 from api.errors import ErrorResponse, register_error_handlers, validation_error_response
 from api.health import health_api
 from api.jobs import jobs_api
+from api.search import search_api
 from config import Settings, get_settings
 from config.logs import configure_logging
 from services.jobs import JobStore
@@ -42,6 +44,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     init_celery(app, settings)
     register_error_handlers(app)
     app.register_api(jobs_api)
+    app.register_api(conversations_api)
+    app.register_api(search_api)
     app.register_api(health_api)
     app.add_url_rule("/docs", "docs", app.view_functions["swagger.swagger"])
     app.cli.add_command(create_key_command)

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from api.errors import ErrorResponse, error_response
 from api.schemas import HealthOut
 from models.db import get_engine
+from vectorstore import get_memory_store
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,11 @@ def _check_redis() -> None:
         client.close()
 
 
-CHECKS = {"postgresql": _check_postgresql, "redis": _check_redis}
+def _check_milvus() -> None:
+    get_memory_store(current_app.extensions["convoq.settings"]).ping(PROBE_TIMEOUT_SECONDS)
+
+
+CHECKS = {"postgresql": _check_postgresql, "redis": _check_redis, "milvus": _check_milvus}
 
 
 @health_api.get("/readyz", summary="Readiness", responses={200: HealthOut, 503: ErrorResponse})

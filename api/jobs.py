@@ -10,9 +10,22 @@ from flask_openapi3 import APIBlueprint, Tag
 from api.auth import current_principal, require_api_key
 from api.content import require_json_body
 from api.errors import ApiError, ErrorResponse
-from api.schemas import EmbedJobIn, JobListOut, JobListQuery, JobOut, JobPath, JobSummaryOut
+from api.schemas import (
+    ConversationJobIn,
+    EmbedJobIn,
+    JobListOut,
+    JobListQuery,
+    JobOut,
+    JobPath,
+    JobSummaryOut,
+    SummarizeJobIn,
+    SummaryLengths,
+)
 from config import Settings
+from inference.methods import T5NotConfigured, choose_method
 from models import Job, JobType
+from services.conversations import ConversationStore
+from services.dispatch import conversation_steps, publish_job
 from services.jobs import (
     InvalidCursor,
     JobAlreadyFinished,
@@ -21,7 +34,6 @@ from services.jobs import (
     PublishFailed,
     parse_job_id,
 )
-from worker.queues import TaskName
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +47,6 @@ jobs_api = APIBlueprint(
 )
 jobs_api.before_request(require_api_key)
 jobs_api.before_request(require_json_body)
-
-TASK_FOR_JOB_TYPE = {JobType.EMBED: TaskName.EMBED_JOB}
 
 
 def _store() -> JobStore:
@@ -53,17 +63,13 @@ def _job_response(model: JobOut, status: int, **headers: str) -> tuple[Response,
 
 def _submit(job_type: JobType, params: dict[str, Any], total: int) -> tuple[Response, int, dict]:
     celery: Celery = current_app.extensions["celery"]
-
-    def publish(job: Job) -> None:
-        celery.send_task(TASK_FOR_JOB_TYPE[job_type].value, args=[str(job.id)], task_id=str(job.id))
-
     try:
         job = _store().submit(
             tenant_id=current_principal().tenant_id,
             job_type=job_type,
             params=params,
             total=total,
-            publish=publish,
+            publish=lambda job: publish_job(celery, job),
         )
     except PublishFailed as exc:
         log.error("job could not be queued", extra={"job_id": str(exc.job.id)}, exc_info=True)
@@ -79,20 +85,75 @@ def _submit(job_type: JobType, params: dict[str, Any], total: int) -> tuple[Resp
     return _job_response(JobOut.from_job(job), 202, Location=location)
 
 
-@jobs_api.post(
-    "/embed",
-    summary="Submit an embedding job",
-    responses={
-        202: JobOut,
-        400: ErrorResponse,
-        413: ErrorResponse,
-        415: ErrorResponse,
-        503: ErrorResponse,
-    },
-)
+SUBMIT_RESPONSES = {
+    202: JobOut,
+    400: ErrorResponse,
+    413: ErrorResponse,
+    415: ErrorResponse,
+    503: ErrorResponse,
+}
+
+
+@jobs_api.post("/embed", summary="Submit an embedding job", responses=SUBMIT_RESPONSES)
 def submit_embed(body: EmbedJobIn) -> tuple[Response, int, dict]:
     """Embed up to the configured number of texts with all-MiniLM-L6-v2 (384 dimensions)."""
     return _submit(JobType.EMBED, body.model_dump(), total=len(body.texts))
+
+
+def _summary_params(body: SummaryLengths) -> dict[str, Any]:
+    """The lengths and the method that will run; 422 for t5 when none is configured."""
+    try:
+        method = choose_method(body.method, _settings().summarizer_model_path is not None)
+    except T5NotConfigured as exc:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"method: {exc}",
+            details=[{"field": "method", "message": str(exc), "type": "t5_not_configured"}],
+        ) from exc
+    return {
+        "method": method,
+        "requested_method": body.method,
+        "max_length": body.max_length,
+        "min_length": body.min_length,
+    }
+
+
+@jobs_api.post("/summarize", summary="Submit a summarization job", responses=SUBMIT_RESPONSES)
+def submit_summarize(body: SummarizeJobIn) -> tuple[Response, int, dict]:
+    """Summarise a text with T5 or extractively. Lengths are in tokens."""
+    return _submit(JobType.SUMMARIZE, {"text": body.text, **_summary_params(body)}, total=1)
+
+
+@jobs_api.post(
+    "/conversation",
+    summary="Submit a conversation job",
+    responses={**SUBMIT_RESPONSES, 409: ErrorResponse},
+)
+def submit_conversation(body: ConversationJobIn) -> tuple[Response, int, dict]:
+    """Store the messages (appended to the conversation), summarise the whole
+    conversation, and embed and index the new messages and the summary."""
+    exists, owner = ConversationStore(_settings().database_url).user_of(
+        current_principal().tenant_id, body.conversation_id
+    )
+    if exists and owner is not None and body.user_id is not None and owner != body.user_id:
+        raise ApiError(
+            409,
+            "conversation_user_mismatch",
+            f"conversation {body.conversation_id!r} belongs to another user_id",
+            details=[{"field": "user_id"}],
+        )
+    params = {
+        "conversation_id": body.conversation_id,
+        "user_id": body.user_id,
+        "messages": [message.model_dump() for message in body.messages],
+        "summarize": body.summarize,
+        "embed": body.embed,
+        **_summary_params(body),
+    }
+    return _submit(
+        JobType.CONVERSATION, params, total=conversation_steps(body.summarize, body.embed)
+    )
 
 
 def _find_job(job_id: str) -> Job:

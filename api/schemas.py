@@ -5,9 +5,16 @@ documented limits are the enforced ones.
 """
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from config import get_settings
 from models import Job, JobStatus, JobType
@@ -32,6 +39,23 @@ MetadataValue = Annotated[CleanStr, StringConstraints(max_length=1024)] | int | 
 Text = Annotated[CleanStr, StringConstraints(min_length=1, max_length=_limits.max_text_chars)]
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or only whitespace")
+    return value
+
+
+Content = Annotated[Text, AfterValidator(_not_blank)]
+# Ids the caller chooses (conversations, users): they appear in URLs and in
+# vector-store filters, so they are kept to a plain alphabet.
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,254}$"
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=255, pattern=IDENTIFIER_PATTERN)
+]
+SummaryMethod = Literal["auto", "t5", "extractive"]
+MemoryKindName = Literal["message", "summary", "text"]
+
+
 class StrictInput(BaseModel):
     """Bodies are JSON: no type coercion, and unknown fields are errors, not ignored."""
 
@@ -45,10 +69,55 @@ class EmbedJobIn(StrictInput):
         description=f"The texts to embed, each of 1 to {_limits.max_text_chars:,} characters.",
         examples=[["How do I reset my password?", "The invoice is due on Friday."]],
     )
-    store: bool = Field(False, description="Also index the vectors for search.")
-    metadata: dict[MetadataKey, MetadataValue] = Field(
-        default_factory=dict, max_length=32, description="Stored with the vectors."
+    store: bool = Field(False, description="Also index the vectors for `POST /v1/search`.")
+    user_id: Identifier | None = Field(None, description="With `store`: the user they belong to.")
+    conversation_id: Identifier | None = Field(
+        None, description="With `store`: the conversation they belong to."
     )
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict, max_length=32, description="Kept with the job."
+    )
+
+
+class SummaryLengths(StrictInput):
+    method: SummaryMethod = Field(
+        "auto",
+        description="`t5` (needs SUMMARIZER_MODEL_PATH), `extractive` (sentences ranked on "
+        "MiniLM embeddings), or `auto`: t5 when configured, else extractive.",
+    )
+    max_length: int = Field(
+        _limits.summary_max_length, ge=1, le=1024, description="Most tokens in the summary."
+    )
+    min_length: int = Field(
+        _limits.summary_min_length, ge=0, le=1024, description="Fewest tokens in the summary."
+    )
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> Self:
+        if self.min_length > self.max_length:
+            raise ValueError("min_length must not exceed max_length")
+        return self
+
+
+class SummarizeJobIn(SummaryLengths):
+    text: Content = Field(description="The text to summarise.")
+
+
+class MessageIn(StrictInput):
+    role: Literal["user", "assistant", "system"]
+    content: Content
+
+
+class ConversationJobIn(SummaryLengths):
+    conversation_id: Identifier = Field(
+        description="Your id for the conversation; posting to it again appends."
+    )
+    user_id: Identifier | None = None
+    messages: list[MessageIn] = Field(
+        min_length=1, max_length=_limits.max_messages_per_conversation
+    )
+    summarize: bool = Field(True, description="Summarise the whole conversation again.")
+    embed: bool = Field(True, description="Embed and index the new messages and the summary.")
 
 
 class JobPath(BaseModel):
@@ -132,6 +201,73 @@ class JobListOut(BaseModel):
     jobs: list[JobSummaryOut]
     next_cursor: str | None
     links: JobPageLinks
+
+
+class ConversationPath(BaseModel):
+    conversation_id: str = Field(description="Your id for the conversation.")
+
+
+class ConversationQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    after_seq: int = Field(0, ge=0, description="Only messages after this sequence number.")
+    limit: int = Field(
+        _limits.max_messages_per_conversation, ge=1, le=_limits.max_messages_per_conversation
+    )
+
+
+class MessageOut(BaseModel):
+    seq: int
+    role: str
+    content: str
+    created_at: datetime
+
+
+class SummaryOut(BaseModel):
+    text: str
+    upto_seq: int
+    method: str
+    model: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    created_at: datetime
+
+
+class ConversationOut(BaseModel):
+    conversation_id: str
+    user_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    status: str = Field(description="`idle`, or the status of the job that posted last.")
+    last_job: JobLinks | None
+    messages: list[MessageOut]
+    next_after_seq: int | None = Field(description="`after_seq` of the next page, if any.")
+    summary: SummaryOut | None
+
+
+class SearchFilter(StrictInput):
+    user_id: Identifier | None = None
+    conversation_id: Identifier | None = None
+    kind: MemoryKindName | None = None
+
+
+class SearchIn(StrictInput):
+    query: Content
+    top_k: int = Field(10, ge=1, le=_limits.max_top_k)
+    filter: SearchFilter = Field(default_factory=SearchFilter)
+
+
+class SearchHitOut(BaseModel):
+    id: str
+    score: float
+    kind: str
+    user_id: str | None
+    conversation_id: str | None
+    text: str
+
+
+class SearchOut(BaseModel):
+    hits: list[SearchHitOut]
 
 
 class HealthOut(BaseModel):

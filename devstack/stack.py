@@ -10,8 +10,15 @@ from alembic import command
 from alembic.config import Config
 
 from config import Settings
-from devstack.services import EmbeddedService, ensure_database, ensure_postgres, ensure_redis
+from devstack.services import (
+    EmbeddedService,
+    ensure_database,
+    ensure_milvus,
+    ensure_postgres,
+    ensure_redis,
+)
 from services.tenants import authenticate, create_api_key
+from vectorstore import get_memory_store
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +36,7 @@ def migrate(database_url: str) -> None:
 
 
 class LocalStack:
-    """Redis and PostgreSQL at the configured URLs, embedded where nothing answers.
+    """Redis, PostgreSQL and Milvus at the configured URLs, embedded where nothing answers.
 
     Used as a context manager: the embedded servers it started are stopped on exit.
     """
@@ -59,13 +66,18 @@ class LocalStack:
         self.start_services()
         ensure_database(self.settings.database_url)
         migrate(self.settings.database_url)
+        get_memory_store(self.settings).ensure_collection()
 
     def start_services(self) -> None:
-        """Start the embedded servers where nothing answers; leave the database alone."""
-        for service in (
-            ensure_redis(self.settings.redis_url, self.data_dir / "redis"),
-            ensure_postgres(self.settings.database_url, self.data_dir / "postgres"),
-        ):
+        """Start the embedded servers where nothing answers; leave the databases alone."""
+        starters = (
+            lambda: ensure_redis(self.settings.redis_url, self.data_dir / "redis"),
+            lambda: ensure_postgres(self.settings.database_url, self.data_dir / "postgres"),
+            lambda: ensure_milvus(self.settings.milvus_uri, self.data_dir / "milvus"),
+        )
+        # Each server is recorded as soon as it is up, so a later failure still stops it.
+        for start in starters:
+            service = start()
             if service is not None:
                 self.started.append(service)
 

@@ -45,6 +45,16 @@ class Embedder:
             extra={"model": name, "device": device, "seconds": time.perf_counter() - started},
         )
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text as the model sees them (special tokens in, truncated)."""
+        encoded = self.model.tokenizer(
+            list(texts),
+            add_special_tokens=True,
+            truncation=True,
+            max_length=self.model.get_max_seq_length(),
+        )
+        return [len(ids) for ids in encoded["input_ids"]]
+
     def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         """Unit-length float32 vectors, one row per text."""
         return self.model.encode(

@@ -151,6 +151,69 @@ class JobStore:
             return None
         return job
 
+    def start_many(self, job_ids: Sequence[uuid.UUID]) -> list[Job]:
+        """Mark many jobs running in one statement (the gpu pool's batches).
+
+        Unlike ``start`` it leaves the attempt limit to the caller, since each
+        job's delivery carries its own retry count.
+        """
+        if not job_ids:
+            return []
+        with self._session() as session:
+            return list(
+                session.scalars(
+                    update(Job)
+                    .where(Job.id.in_(job_ids), Job.status.in_(ACTIVE_STATUSES))
+                    .values(
+                        status=JobStatus.RUNNING,
+                        attempts=Job.attempts + 1,
+                        started_at=func.coalesce(Job.started_at, func.now()),
+                    )
+                    .returning(Job)
+                )
+            )
+
+    def succeed_many(self, results: dict[uuid.UUID, dict[str, Any]]) -> set[uuid.UUID]:
+        """``succeed`` for many jobs in one transaction; the ids that were stored."""
+        stored: set[uuid.UUID] = set()
+        if not results:
+            return stored
+        with self._session() as session:
+            for job_id, result in results.items():
+                changed = session.scalar(
+                    update(Job)
+                    .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+                    .values(
+                        status=JobStatus.SUCCEEDED,
+                        result=result,
+                        progress_done=Job.progress_total,
+                        finished_at=func.now(),
+                    )
+                    .returning(Job.id)
+                )
+                if changed is not None:
+                    stored.add(changed)
+        return stored
+
+    def fail_many(self, job_ids: Sequence[uuid.UUID], code: str, message: str) -> set[uuid.UUID]:
+        """``fail`` for many jobs in one statement; the ids that were failed."""
+        if not job_ids:
+            return set()
+        with self._session() as session:
+            return set(
+                session.scalars(
+                    update(Job)
+                    .where(Job.id.in_(job_ids), Job.status.in_(ACTIVE_STATUSES))
+                    .values(
+                        status=JobStatus.FAILED,
+                        error_code=code,
+                        error_message=message[:2000],
+                        finished_at=func.now(),
+                    )
+                    .returning(Job.id)
+                )
+            )
+
     def report_progress(self, job_id: uuid.UUID, done: int, total: int) -> bool:
         """Record progress; False when the job is no longer running (canceled)."""
         with self._session() as session:
@@ -164,35 +227,11 @@ class JobStore:
 
     def succeed(self, job_id: uuid.UUID, result: dict[str, Any]) -> bool:
         """Store the result of a running job; False if it was canceled meanwhile."""
-        with self._session() as session:
-            changed = session.scalar(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-                .values(
-                    status=JobStatus.SUCCEEDED,
-                    result=result,
-                    progress_done=Job.progress_total,
-                    finished_at=func.now(),
-                )
-                .returning(Job.id)
-            )
-        return changed is not None
+        return job_id in self.succeed_many({job_id: result})
 
     def fail(self, job_id: uuid.UUID, code: str, message: str) -> bool:
         """Fail a queued or running job with an error code and message."""
-        with self._session() as session:
-            changed = session.scalar(
-                update(Job)
-                .where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
-                .values(
-                    status=JobStatus.FAILED,
-                    error_code=code,
-                    error_message=message[:2000],
-                    finished_at=func.now(),
-                )
-                .returning(Job.id)
-            )
-        return changed is not None
+        return job_id in self.fail_many([job_id], code, message)
 
     # -- caller-side ------------------------------------------------------
 
@@ -226,6 +265,20 @@ class JobStore:
         if job is None:
             raise JobAlreadyFinished(self.get(tenant_id, job_id))
         return job
+
+    def running(self, job_id: uuid.UUID) -> Job | None:
+        """The job, if it is running (a later step of a job checks before its work)."""
+        jobs = self.running_many([job_id])
+        return jobs[0] if jobs else None
+
+    def running_many(self, job_ids: Sequence[uuid.UUID]) -> list[Job]:
+        """Those of the jobs that are running."""
+        with self._session() as session:
+            return list(
+                session.scalars(
+                    select(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.RUNNING)
+                )
+            )
 
     def get(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
         with self._session() as session:

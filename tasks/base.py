@@ -77,10 +77,22 @@ class JobRequest(Request):
             fail_timed_out_job(tuple(self.args), timeout)
 
 
+def job_ids_in(args: tuple[Any, ...]) -> list[uuid.UUID]:
+    """The jobs a task works for: its first argument, the pipeline state it was
+    handed, or the ``{job id: result}`` it indexes."""
+    first = args[0]
+    if isinstance(first, dict) and "state" in first:
+        return [uuid.UUID(str(first["state"]["job_id"]))]
+    if isinstance(first, dict):
+        return [uuid.UUID(job_id) for job_id in first]
+    return [uuid.UUID(str(first))]
+
+
 def fail_timed_out_job(args: tuple[Any, ...], timeout: float) -> None:
-    job_id = uuid.UUID(str(args[0]))
-    JobStore(get_settings().database_url).fail(
-        job_id, "time_limit_exceeded", f"the job was stopped at its time limit of {timeout:g}s"
+    JobStore(get_settings().database_url).fail_many(
+        job_ids_in(args),
+        "time_limit_exceeded",
+        f"the job was stopped at its time limit of {timeout:g}s",
     )
 
 

@@ -1,8 +1,11 @@
-"""Fixtures over real services: PostgreSQL, Redis and Celery worker subprocesses.
+"""Fixtures over real services: PostgreSQL, Redis, Milvus and Celery worker subprocesses.
 
-The tests use their own database (``convoq_test``) and Redis database (15), so
-they never touch the data of a running ``make run``. Where nothing answers at
-those URLs, the embedded servers are started, as ``make run`` does.
+The tests use their own database (``convoq_test``), Redis database (15) and
+Milvus collection (``convoq_test_memory``), so they never touch the data of a
+running ``make run``. Where nothing answers at those URLs, the embedded servers
+are started, as ``make run`` does; without ``TEST_MILVUS_URI``, ``make run``'s
+Milvus is used if it is up, else a Milvus Lite of this session's own on a free
+port (a shared one would vanish when the session that started it ends).
 """
 
 import os
@@ -14,12 +17,20 @@ from typing import Any
 import pytest
 import redis
 
+from tests.support import default_test_milvus_uri
+
 os.environ.setdefault(
     "TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/convoq_test"
 )
 os.environ.setdefault("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+os.environ.setdefault("TEST_MILVUS_URI", default_test_milvus_uri())
+os.environ.setdefault(
+    "TEST_MILVUS_COLLECTION", os.environ.get("MILVUS_COLLECTION", "convoq_test_memory")
+)
 os.environ["DATABASE_URL"] = os.environ["TEST_DATABASE_URL"]
 os.environ["REDIS_URL"] = os.environ["TEST_REDIS_URL"]
+os.environ["MILVUS_URI"] = os.environ["TEST_MILVUS_URI"]
+os.environ["MILVUS_COLLECTION"] = os.environ["TEST_MILVUS_COLLECTION"]
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from api import create_app
@@ -27,11 +38,17 @@ from config import Settings
 from devstack.stack import LocalStack, migrate
 from services.tenants import create_api_key
 from tests.support import WorkerProcess, recreate_database, subprocess_env
+from vectorstore import MemoryStore, get_memory_store
+
+pytest_plugins = ["tests.tiny_t5"]
 
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    return Settings()
+    settings = Settings()
+    # The session starts by dropping its collection: never one that holds real data.
+    assert "test" in settings.milvus_collection, "MILVUS_COLLECTION must name a test collection"
+    return settings
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +58,16 @@ def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
         recreate_database(settings.database_url)
         migrate(settings.database_url)
         redis.Redis.from_url(settings.redis_url).flushdb()
+        memory = get_memory_store(settings)
+        memory.drop_collection()
+        memory.ensure_collection()
         yield local
+
+
+@pytest.fixture(scope="session")
+def memory_store(stack: LocalStack, settings: Settings) -> MemoryStore:
+    """The session's test collection, created empty at the start of the session."""
+    return get_memory_store(settings)
 
 
 @pytest.fixture(scope="session")
@@ -72,16 +98,42 @@ def headers(make_tenant: Callable[[], dict[str, str]]) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def worker_env(settings: Settings) -> dict[str, str]:
-    return subprocess_env({"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url})
+    return subprocess_env(
+        {
+            "DATABASE_URL": settings.database_url,
+            "REDIS_URL": settings.redis_url,
+            "MILVUS_URI": settings.milvus_uri,
+            "MILVUS_COLLECTION": settings.milvus_collection,
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def app_with_t5(stack: LocalStack, settings: Settings, tiny_t5_path: Path) -> Any:
+    """An API whose SUMMARIZER_MODEL_PATH names the tests' tiny T5, as the gpu worker's does."""
+    return create_app(settings.model_copy(update={"summarizer_model_path": tiny_t5_path}))
 
 
 @pytest.fixture(scope="session")
 def gpu_worker(
+    stack: LocalStack,
+    worker_env: dict[str, str],
+    tiny_t5_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[WorkerProcess]:
+    """The shared gpu worker: ``--pool solo``, as in the Procfile, with the tiny T5."""
+    env = {**worker_env, "SUMMARIZER_MODEL_PATH": str(tiny_t5_path)}
+    with WorkerProcess(env, tmp_path_factory.mktemp("workers"), queue="gpu", pool="solo") as worker:
+        yield worker
+
+
+@pytest.fixture(scope="session")
+def cpu_worker(
     stack: LocalStack, worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
-    """The shared gpu worker: ``--pool solo``, as in the Procfile."""
+    """The shared cpu worker: prefork with two processes, as in the Procfile."""
     with WorkerProcess(
-        worker_env, tmp_path_factory.mktemp("workers"), queue="gpu", pool="solo"
+        worker_env, tmp_path_factory.mktemp("workers"), queue="cpu", pool="prefork", concurrency=2
     ) as worker:
         yield worker
 

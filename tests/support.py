@@ -7,7 +7,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,12 +18,22 @@ from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 FINISHED = {"succeeded", "failed", "canceled"}
+MAKE_RUN_MILVUS_URI = "http://127.0.0.1:19530"
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def default_test_milvus_uri() -> str:
+    """``make run``'s Milvus if it answers, else a free port for a Milvus Lite of our own."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        if sock.connect_ex(("127.0.0.1", urlsplit(MAKE_RUN_MILVUS_URI).port)) == 0:
+            return MAKE_RUN_MILVUS_URI
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def wait_for(
@@ -151,3 +162,20 @@ def submit_embed(client: Any, headers: dict[str, str], texts: list[str], **extra
     response = client.post("/v1/jobs/embed", json={"texts": texts, **extra}, headers=headers)
     assert response.status_code == 202, response.get_json()
     return response.get_json()
+
+
+@contextmanager
+def gpu_busy(client: Any, headers: dict[str, str]) -> Iterator[None]:
+    """Inside the block, the gpu worker is busy with one long job, so the messages
+    published meanwhile wait in the broker and reach it together afterwards."""
+    long_text = " ".join(f"word{i}" for i in range(250))
+    blocker = submit_embed(client, headers, [long_text] * 256)
+    wait_for_job(client, headers, blocker["id"], statuses={"running"}, timeout=60)
+    yield
+    assert wait_for_job(client, headers, blocker["id"], timeout=120)["status"] == "succeeded"
+
+
+def queue_length(broker: Any, queue: str) -> int:
+    """Messages waiting in a queue, its priority lists (kombu's ``\\x06\\x16`` suffix) included."""
+    keys = [queue, *(f"{queue}\x06\x16{priority}" for priority in range(1, 10))]
+    return sum(broker.llen(key) for key in keys)

@@ -1,7 +1,7 @@
 """``make run``'s stack on a machine where nothing listens at the configured URLs.
 
-It must start the embedded Redis and PostgreSQL, serve the full path over HTTP,
-and on Ctrl-C stop every process it started.
+It must start the embedded Redis, PostgreSQL and Milvus Lite, serve the full
+path over HTTP, and on Ctrl-C stop every process it started.
 """
 
 import os
@@ -14,8 +14,9 @@ import numpy as np
 import psutil
 import pytest
 import requests
+from pymilvus import MilvusClient
 
-from devstack.services import Address
+from devstack.services import Address, ServiceError, ensure_milvus
 from tests.support import ROOT, free_port, subprocess_env, wait_for
 
 
@@ -45,12 +46,20 @@ def stack_processes(root_pid: int, markers: list[str]) -> list[psutil.Process]:
 def test_local_stack_starts_embedded_servers_and_ctrl_c_stops_everything(tmp_path):
     redis_url = f"redis://127.0.0.1:{free_port()}/0"
     database_url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/convoq"
+    milvus_uri = f"http://127.0.0.1:{free_port()}"
     api = f"127.0.0.1:{free_port()}"
     data_dir = tmp_path / "stack"
-    for url, port in ((redis_url, 6379), (database_url, 5432)):
+    services = ((redis_url, 6379), (database_url, 5432), (milvus_uri, 19530))
+    for url, port in services:
         assert not Address.from_url(url, port).is_listening()
     env = subprocess_env(
-        {}, REDIS_URL=redis_url, DATABASE_URL=database_url, API_BIND=api, API_WORKERS="1"
+        {},
+        REDIS_URL=redis_url,
+        DATABASE_URL=database_url,
+        MILVUS_URI=milvus_uri,
+        MILVUS_COLLECTION="convoq_memory",
+        API_BIND=api,
+        API_WORKERS="1",
     )
     log_path = tmp_path / "stack.log"
     markers = [str(data_dir), redis_url.split("//")[1].split("/")[0]]
@@ -66,10 +75,16 @@ def test_local_stack_starts_embedded_servers_and_ctrl_c_stops_everything(tmp_pat
             assert stack.poll() is None, log_path.read_text()
             try:
                 return requests.get(f"{base}/readyz", timeout=2).status_code == 200
-            except requests.ConnectionError:
+            # A request sent while the API worker still boots waits in the listen queue.
+            except (requests.ConnectionError, requests.Timeout):
                 return False
 
         wait_for(ready, 180, "the local stack to be ready", interval=0.5)
+        checks = requests.get(f"{base}/readyz", timeout=5).json()["checks"]
+        assert checks == {"postgresql": "ok", "redis": "ok", "milvus": "ok"}
+        milvus = MilvusClient(uri=milvus_uri, timeout=10, dedicated=True)
+        assert milvus.has_collection("convoq_memory")
+        milvus.close()
         key = (data_dir / "local-api-key").read_text().strip()
         assert f"CONVOQ_KEY={key}" in log_path.read_text()
         headers = {"Authorization": f"Bearer {key}"}
@@ -91,7 +106,14 @@ def test_local_stack_starts_embedded_servers_and_ctrl_c_stops_everything(tmp_pat
 
         started = stack_processes(stack.pid, markers)
         names = " ".join(" ".join(p.cmdline()) for p in started)
-        for expected in ("redis-server", "postgres", "gunicorn", "--queues gpu", "--queues cpu"):
+        for expected in (
+            "redis-server",
+            "postgres",
+            "devstack.milvus_lite_server",
+            "gunicorn",
+            "--queues gpu",
+            "--queues cpu",
+        ):
             assert expected in names
 
         os.killpg(stack.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
@@ -100,11 +122,20 @@ def test_local_stack_starts_embedded_servers_and_ctrl_c_stops_everything(tmp_pat
         leftovers = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert leftovers == [], [p.cmdline() for p in leftovers]
         assert stack_processes(stack.pid, markers) == []
-        for url, port in ((redis_url, 6379), (database_url, 5432)):
+        for url, port in services:
             assert not Address.from_url(url, port).is_listening()
+        # Stopped by SIGINT, on which Milvus Lite writes its data out, not killed.
+        assert "Shutting down" in (data_dir / "milvus" / "milvus.log").read_text()
         assert not Address.from_url(f"http://{api}", 80).is_listening()
     finally:
         if stack.poll() is None:
             os.killpg(stack.pid, signal.SIGKILL)
         for process in stack_processes(stack.pid, markers):
             process.kill()
+
+
+def test_no_embedded_milvus_for_a_remote_uri_that_does_not_answer(tmp_path):
+    # 192.0.2.0/24 is reserved for documentation: nothing answers there.
+    with pytest.raises(ServiceError, match="can only be started on this machine"):
+        ensure_milvus("http://192.0.2.1:19530", tmp_path)
+    assert list(tmp_path.iterdir()) == []

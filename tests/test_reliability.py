@@ -1,15 +1,20 @@
 """Reliability, tested by doing it: kill -9 workers, restart Redis, stop PostgreSQL,
 hang a task. Afterwards each job has finished, or failed with a clear error."""
 
+import uuid
+
 import psutil
 import pytest
 import redis
+from sqlalchemy import func, select
 
 from api import create_app
 from devstack.services import ensure_database, ensure_postgres, ensure_redis
 from devstack.stack import migrate
-from services.tenants import create_api_key
-from tests.faults import HANG
+from models import Conversation, Summary
+from models.db import session_scope
+from services.tenants import authenticate, create_api_key
+from tests.faults import HANG, SLOW, STALL_AFTER_UPSERT
 from tests.support import WorkerProcess, free_port, submit_embed, wait_for, wait_for_job
 from worker.queues import TaskName
 
@@ -50,11 +55,26 @@ def test_kill_9_of_the_gpu_worker_mid_job_redelivers_it(private_broker, headers,
     assert len(done["result"]["vectors"]) == 64
 
 
+def post_conversation(client, headers, content, **extra):
+    body = {
+        "conversation_id": f"c-{uuid.uuid4().hex[:8]}",
+        "messages": [{"role": "user", "content": content}],
+        "summarize": False,
+        "embed": False,
+        **extra,
+    }
+    response = client.post("/v1/jobs/conversation", json=body, headers=headers)
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()
+
+
 def test_lost_prefork_child_is_requeued_at_once(private_broker, headers, tmp_path):
     app, env = private_broker
     client = app.test_client()
-    with WorkerProcess(env, tmp_path, queue="gpu", pool="prefork") as worker:
-        job = submit_embed(client, headers, [LONG_TEXT] * 128)
+    with WorkerProcess(
+        env, tmp_path, queue="cpu", pool="prefork", extra_args=("--include", "tests.faults")
+    ) as worker:
+        job = post_conversation(client, headers, f"store me slowly {SLOW}")
         wait_for_job(client, headers, job["id"], statuses={"running"}, timeout=30)
         (child,) = psutil.Process(worker.pid).children()
         child.kill()
@@ -62,6 +82,7 @@ def test_lost_prefork_child_is_requeued_at_once(private_broker, headers, tmp_pat
         done = wait_for_job(client, headers, job["id"], timeout=60)
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 2
+    assert done["result"]["messages"] == {"first_seq": 1, "last_seq": 1}
 
 
 def test_soft_time_limit_in_the_solo_pool_fails_the_job(private_broker, headers, tmp_path):
@@ -105,15 +126,15 @@ def test_hard_time_limit_in_the_prefork_pool_fails_the_job(private_broker, heade
     with WorkerProcess(
         {**env, **limits(1, 3, 60)},
         tmp_path,
-        queue="gpu",
+        queue="cpu",
         pool="prefork",
         extra_args=("--include", "tests.faults"),
     ):
-        job = submit_embed(client, headers, [HANG])
+        job = post_conversation(client, headers, f"never stored {HANG}")
         failed = wait_for_job(client, headers, job["id"], timeout=30)
         assert failed["status"] == "failed"
         assert failed["error"]["code"] == "time_limit_exceeded"
-        after = submit_embed(client, headers, ["a fresh child takes over"])
+        after = post_conversation(client, headers, "a fresh child takes over")
         assert wait_for_job(client, headers, after["id"], timeout=60)["status"] == "succeeded"
 
 
@@ -121,7 +142,9 @@ def test_a_finished_job_delivered_again_does_not_run(app, client, headers, gpu_w
     job_id = submit_embed(client, headers, ["only once"])["id"]
     first = wait_for_job(client, headers, job_id)
     assert first["status"] == "succeeded"
-    app.extensions["celery"].send_task(TaskName.EMBED_JOB.value, args=[job_id], task_id=job_id)
+    app.extensions["celery"].send_task(
+        TaskName.EMBED.value, args=[{"kind": "job", "job_id": job_id}], task_id=job_id
+    )
     wait_for(
         lambda: any(
             "delivery skipped" in line and job_id in line for line in gpu_worker.log().splitlines()
@@ -215,3 +238,53 @@ def test_postgresql_stopped_mid_job(settings, stack, worker_env, tmp_path):
     finally:
         if server is not None:
             server.stop()
+
+
+def test_a_conversation_redelivered_after_a_crash_duplicates_nothing(
+    private_broker, headers, tmp_path, memory_store, settings
+):
+    """kill -9 of the cpu worker after the vectors were written, before the job was done:
+    the step runs again, and leaves the same messages, summary and vectors."""
+    app, env = private_broker
+    env = {**env, **limits(soft=5, hard=8, visibility=10)}
+    client = app.test_client()
+    conversation_id = f"crash-{uuid.uuid4().hex[:8]}"
+    messages = [
+        {"role": "user", "content": f"My order arrived broken. {STALL_AFTER_UPSERT}"},
+        {"role": "assistant", "content": "Sorry to hear that; a replacement is on its way."},
+        {"role": "user", "content": "Thank you, that is quick."},
+    ]
+    with WorkerProcess(env, tmp_path, queue="gpu", pool="solo"):
+        crashing = WorkerProcess(
+            env, tmp_path, queue="cpu", pool="prefork", extra_args=("--include", "tests.faults")
+        ).start()
+        try:
+            response = client.post(
+                "/v1/jobs/conversation",
+                json={"conversation_id": conversation_id, "messages": messages},
+                headers=headers,
+            )
+            job = response.get_json()
+            wait_for(lambda: "fault: stalled after upsert" in crashing.log(), 90, "the stall")
+        finally:
+            crashing.kill()
+        tenant = str(authenticate(settings.database_url, headers["Authorization"][7:]).tenant_id)
+        assert memory_store.count(tenant, conversation_id=conversation_id) == len(messages) + 1
+        assert (
+            client.get(f"/v1/jobs/{job['id']}", headers=headers).get_json()["status"] == "running"
+        )
+
+        with WorkerProcess(env, tmp_path, queue="cpu", pool="prefork"):
+            done = wait_for_job(client, headers, job["id"], timeout=90)
+    assert done["status"] == "succeeded", done["error"]
+    view = client.get(f"/v1/conversations/{conversation_id}", headers=headers).get_json()
+    assert [m["seq"] for m in view["messages"]] == [1, 2, 3]
+    with session_scope(settings.database_url) as session:
+        summaries = session.scalar(
+            select(func.count(Summary.id))
+            .join(Conversation, Conversation.id == Summary.conversation_id)
+            .where(Conversation.external_id == conversation_id)
+        )
+    assert summaries == 1
+    assert memory_store.count(tenant, conversation_id=conversation_id, kind="message") == 3
+    assert memory_store.count(tenant, conversation_id=conversation_id, kind="summary") == 1

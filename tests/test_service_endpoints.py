@@ -16,7 +16,8 @@ def test_healthz(client):
 def test_readyz_with_everything_up(client):
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ready", "checks": {"postgresql": "ok", "redis": "ok"}}
+    checks = {"postgresql": "ok", "redis": "ok", "milvus": "ok"}
+    assert response.get_json() == {"status": "ready", "checks": checks}
 
 
 def test_readyz_names_what_is_down(settings, stack):
@@ -24,6 +25,7 @@ def test_readyz_names_what_is_down(settings, stack):
     cases = {
         "redis": {"redis_url": f"redis://{dead}/0"},
         "postgresql": {"database_url": f"postgresql+psycopg://postgres@{dead}/convoq"},
+        "milvus": {"milvus_uri": f"http://{dead}"},
     }
     for service, update in cases.items():
         client = create_app(settings.model_copy(update=update)).test_client()

@@ -13,12 +13,26 @@ class Queue(StrEnum):
 
 
 class TaskName(StrEnum):
-    EMBED_JOB = "tasks.embed.run_job"
+    # gpu, batched across jobs: every embedding request (embed jobs, search
+    # queries, the conversation pipeline's embed step) shares forward passes.
+    EMBED = "tasks.embed.embed"
+    SUMMARIZE = "tasks.summarize.summarize"
+    # cpu
+    INDEX_EMBED_JOBS = "tasks.memory.index_embed_jobs"
+    PERSIST_CONVERSATION = "tasks.conversation.persist"
+    STORE_CONVERSATION = "tasks.conversation.store"
 
 
 TASK_QUEUES: dict[TaskName, Queue] = {
-    TaskName.EMBED_JOB: Queue.GPU,
+    TaskName.EMBED: Queue.GPU,
+    TaskName.SUMMARIZE: Queue.GPU,
+    TaskName.INDEX_EMBED_JOBS: Queue.CPU,
+    TaskName.PERSIST_CONVERSATION: Queue.CPU,
+    TaskName.STORE_CONVERSATION: Queue.CPU,
 }
+
+# Redis serves priority 0 first; everything else runs at task_default_priority.
+QUERY_PRIORITY = 0
 
 
 def task_routes() -> dict[str, dict[str, str]]:

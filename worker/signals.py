@@ -4,7 +4,12 @@ import logging
 from typing import Any
 
 from celery import Celery, current_app
-from celery.signals import setup_logging, worker_init, worker_process_init, worker_ready
+from celery.signals import (
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+)
 
 from config import get_settings
 from config.logs import configure_logging
@@ -31,9 +36,21 @@ def _consumes_gpu_queue(app: Celery) -> bool:
 def _warm_up_models() -> None:
     # Imported here, not at the top: only gpu workers may import torch.
     from inference.embedder import get_embedder
+    from services.summaries import load_t5
 
     settings = get_settings()
     get_embedder(settings.embedding_model_path, settings.inference_device)
+    if settings.summarizer_model_path is not None:
+        load_t5(settings)
+
+
+def _ensure_memory_collection() -> None:
+    from vectorstore import get_memory_store
+
+    try:
+        get_memory_store(get_settings()).ensure_collection()
+    except Exception:
+        log.exception("could not create the Milvus collection; indexing will retry")
 
 
 @worker_init.connect
@@ -47,6 +64,12 @@ def _on_worker_init(sender: Any, **_: Any) -> None:
         if queue.value in sender.app.amqp.queues.consume_from:
             for module in task_modules_for(queue):
                 sender.app.loader.import_task_module(module)
+    if Queue.CPU.value in sender.app.amqp.queues.consume_from:
+        _ensure_memory_collection()
+    if _consumes_gpu_queue(sender.app):
+        # Batches form only from reserved messages (prefetch multiplier x
+        # concurrency), so a gpu worker reserves many; others keep 1.
+        sender.prefetch_multiplier = get_settings().gpu_prefetch_multiplier
     if "solo" in _pool_name(sender.pool_cls):
         enforce_in_this_process()
 

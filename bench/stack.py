@@ -1,0 +1,141 @@
+"""The whole local stack for a benchmark: services, the gunicorn API and both worker pools.
+
+Benchmarks use their own database (``convoq_bench``), Redis database (12) and
+Milvus collection, so they never touch ``make run``'s data or the tests'.
+"""
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+from config import Settings
+from devstack.stack import ROOT, LocalStack
+from services.tenants import create_api_key
+from tests.support import WorkerProcess, free_port, subprocess_env, wait_for
+from vectorstore import get_memory_store
+
+# Clients poll as a polite client does: soon at first, then backing off.
+FIRST_POLL_SECONDS, MAX_POLL_SECONDS = 0.02, 0.5
+LOG_DIR = ROOT / ".devstack" / "bench"
+
+
+def bench_settings() -> Settings:
+    base = Settings()
+    return base.model_copy(
+        update={
+            "database_url": base.database_url.rsplit("/", 1)[0] + "/convoq_bench",
+            "redis_url": base.redis_url.rsplit("/", 1)[0] + "/12",
+            "milvus_collection": "convoq_bench_memory",
+        }
+    )
+
+
+@dataclass
+class RunningStack:
+    settings: Settings
+    base_url: str
+    headers: dict[str, str]
+    tenant_id: str
+    log_dir: Path
+
+
+@contextmanager
+def local_services(settings: Settings) -> Iterator[Path]:
+    """The services, emptied: a fresh broker database and memory collection."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    with LocalStack(settings, LOG_DIR):
+        redis.Redis.from_url(settings.redis_url).flushdb()
+        memory = get_memory_store(settings)
+        memory.drop_collection()
+        memory.ensure_collection()
+        yield LOG_DIR
+
+
+@contextmanager
+def running_stack(settings: Settings, log_dir: Path, *, cpu: bool = True) -> Iterator[RunningStack]:
+    """gunicorn, the solo gpu worker and (unless ``cpu=False``) the prefork cpu worker."""
+    api = f"127.0.0.1:{free_port()}"
+    env = subprocess_env(
+        {
+            "DATABASE_URL": settings.database_url,
+            "REDIS_URL": settings.redis_url,
+            "MILVUS_URI": settings.milvus_uri,
+            "MILVUS_COLLECTION": settings.milvus_collection,
+            "API_BIND": api,
+        }
+    )
+    tenant, key = create_api_key(settings.database_url, "bench", actor="bench")
+    api_log = (log_dir / "api.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", "config/gunicorn.py", "api:create_app()"],
+        cwd=ROOT, env=env, stdout=api_log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    workers = [WorkerProcess(env, log_dir, queue="gpu", pool="solo")]
+    if cpu:
+        workers.append(WorkerProcess(env, log_dir, queue="cpu", pool="prefork", concurrency=2))
+    try:
+        for worker in workers:
+            worker.start()
+        base = f"http://{api}"
+
+        def up() -> bool:
+            try:
+                return requests.get(f"{base}/readyz", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for(up, 60, "the API")
+        yield RunningStack(
+            settings, base, {"Authorization": f"Bearer {key}"}, str(tenant.tenant_id), log_dir
+        )
+    finally:
+        for worker in workers:
+            worker.stop()
+        server.terminate()
+        server.wait()
+
+
+def run_clients(
+    stack: RunningStack, path: str, body: Callable[[int], dict[str, Any]], jobs: int, clients: int
+) -> tuple[float, float]:
+    """(jobs/s, p50 submit-to-succeeded seconds): ``clients`` threads, each submitting a job
+    and polling it to the end before the next; a warm-up round is not counted."""
+    local = threading.local()
+
+    def http() -> requests.Session:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+            local.session.headers.update(stack.headers)
+        return local.session
+
+    def one_job(i: int) -> float:
+        started = time.perf_counter()
+        response = http().post(f"{stack.base_url}{path}", json=body(i))
+        response.raise_for_status()
+        url = stack.base_url + response.headers["Location"]
+        delay = FIRST_POLL_SECONDS
+        while True:
+            time.sleep(delay)
+            job = http().get(url).json()
+            if job["status"] == "succeeded":
+                return time.perf_counter() - started
+            if job["status"] in {"failed", "canceled"}:
+                raise RuntimeError(f"job ended {job['status']}: {job['error']}")
+            delay = min(delay * 2, MAX_POLL_SECONDS)
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one_job, range(clients)))  # warm-up
+        started = time.perf_counter()
+        latencies = sorted(pool.map(one_job, range(jobs)))
+        elapsed = time.perf_counter() - started
+    return jobs / elapsed, latencies[len(latencies) // 2]
