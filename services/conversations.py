@@ -228,14 +228,6 @@ class ConversationStore:
             ).first()
         return (row is not None, row[0] if row else None)
 
-    def message_count(self, tenant_id: uuid.UUID, external_id: str) -> int:
-        with session_scope(self.database_url) as session:
-            return session.scalar(
-                select(func.count(Message.id))
-                .join(Conversation, Conversation.id == Message.conversation_id)
-                .where(Conversation.tenant_id == tenant_id, Conversation.external_id == external_id)
-            )
-
 
 def processing_status(view: ConversationView) -> str:
     """``idle`` with no job yet, else the status of the job that posted last."""

@@ -17,7 +17,7 @@ from services.conversations import ConversationStore, PipelineState, pipeline_me
 from services.jobs import JobStore
 from services.memory import conversation_records
 from tasks.base import JobRequest, convoq_task, fail_timed_out_job
-from tasks.pipeline import CPU_TASK_OPTIONS
+from tasks.options import CPU_TASK_OPTIONS
 from vectorstore import get_memory_store
 from worker.queues import TaskName
 

@@ -15,7 +15,7 @@ from config.logs import log_context
 from services.jobs import JobStore
 from services.memory import embed_job_records
 from tasks.base import JobRequest, convoq_task, fail_timed_out_job
-from tasks.pipeline import CPU_TASK_OPTIONS
+from tasks.options import CPU_TASK_OPTIONS
 from vectorstore import get_memory_store
 from worker.queues import TaskName
 

@@ -46,6 +46,9 @@ def test_fifty_one_text_jobs_share_forward_passes(
     app, client, headers, gpu_worker, reference_model
 ):
     texts = [f"note {i}: the meeting about topic {i * 7 % 13} moved to room {i}" for i in range(50)]
+    # Whatever earlier tests left queued is served before this job: the worker is idle after.
+    idle = submit_embed(client, headers, ["the queue is drained"])
+    assert wait_for_job(client, headers, idle["id"])["status"] == "succeeded"
     batches_before = len(batch_log_lines(gpu_worker.log()))
     with gpu_busy(client, headers):
         jobs = [submit_embed(client, headers, [text])["id"] for text in texts]
