@@ -39,6 +39,16 @@ class ApiError(Exception):
         self.details = details or []
         self.headers = headers or {}
 
+    @classmethod
+    def invalid(cls, field: str, message: str, error_type: str) -> "ApiError":
+        """A 422 naming the field, shaped like the schema's own validation errors."""
+        return cls(
+            422,
+            "validation_error",
+            f"{field}: {message}",
+            details=[{"field": field, "message": message, "type": error_type}],
+        )
+
 
 def error_response(
     status: int,

@@ -105,12 +105,7 @@ def _summary_params(body: SummaryLengths) -> dict[str, Any]:
     try:
         method = choose_method(body.method, _settings().summarizer_model_path is not None)
     except T5NotConfigured as exc:
-        raise ApiError(
-            422,
-            "validation_error",
-            f"method: {exc}",
-            details=[{"field": "method", "message": str(exc), "type": "t5_not_configured"}],
-        ) from exc
+        raise ApiError.invalid("method", str(exc), "t5_not_configured") from exc
     return {
         "method": method,
         "requested_method": body.method,
@@ -181,12 +176,7 @@ def list_jobs(query: JobListQuery) -> tuple[Response, int, dict]:
             limit=query.limit,
         )
     except InvalidCursor as exc:
-        raise ApiError(
-            422,
-            "validation_error",
-            f"cursor: {exc}",
-            details=[{"field": "cursor", "message": str(exc), "type": "invalid_cursor"}],
-        ) from exc
+        raise ApiError.invalid("cursor", str(exc), "invalid_cursor") from exc
     next_link = None
     if page.next_cursor is not None:
         filters = query.model_dump(exclude_none=True, exclude={"cursor"}, mode="json")

@@ -131,25 +131,21 @@ class JobStore:
         ``max_attempts`` times is failed instead, since it keeps killing its
         worker.
         """
-        with self._session() as session:
-            job = session.scalar(
-                update(Job)
-                .where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
-                .values(
-                    status=JobStatus.RUNNING,
-                    attempts=Job.attempts + 1,
-                    started_at=func.coalesce(Job.started_at, func.now()),
-                )
-                .returning(Job)
-            )
-        if job is not None and job.attempts > max_attempts:
-            self.fail(
-                job.id,
-                "too_many_attempts",
-                f"the job was started {job.attempts - 1} times without finishing",
-            )
+        started = self.start_many([job_id])
+        if not started or self.fail_if_over_attempts(started[0], max_attempts):
             return None
-        return job
+        return started[0]
+
+    def fail_if_over_attempts(self, job: Job, max_attempts: int) -> bool:
+        """Fail a just-started job delivered more than ``max_attempts`` times; True if so."""
+        if job.attempts <= max_attempts:
+            return False
+        self.fail(
+            job.id,
+            "too_many_attempts",
+            f"the job was started {job.attempts - 1} times without finishing",
+        )
+        return True
 
     def start_many(self, job_ids: Sequence[uuid.UUID]) -> list[Job]:
         """Mark many jobs running in one statement (the gpu pool's batches).

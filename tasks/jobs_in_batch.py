@@ -56,12 +56,7 @@ class JobsInBatch:
                 if job is None:
                     log.info("job is not runnable; delivery skipped")
                     continue
-                if job.attempts > self.max_attempts + retries_of(request):
-                    self.store.fail(
-                        job.id,
-                        "too_many_attempts",
-                        f"the job was started {job.attempts - 1} times without finishing",
-                    )
+                if self.store.fail_if_over_attempts(job, self.max_attempts + retries_of(request)):
                     continue
                 log.info("job started", extra={"attempt": job.attempts, "job_type": job.type.value})
             self._jobs[request.id] = job
