@@ -37,6 +37,7 @@ bench: $(INSTALLED)
 	$(PY) -m bench.throughput
 	$(PY) -m bench.search
 	$(PY) -m bench.summarize
+	$(PY) -m bench.autoscale
 
 clean:
 	rm -rf $(VENV) .devstack .pytest_cache .ruff_cache

@@ -8,6 +8,8 @@ from api.conversations import conversations_api
 from api.errors import ErrorResponse, register_error_handlers, validation_error_response
 from api.health import health_api
 from api.jobs import jobs_api
+from api.metrics import init_metrics, metrics_api
+from api.queues import queues_api
 from api.search import search_api
 from config import Settings, get_settings
 from config.logs import configure_logging
@@ -43,10 +45,13 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.extensions["convoq.jobs"] = JobStore(settings.database_url)
     init_celery(app, settings)
     register_error_handlers(app)
+    init_metrics(app)
     app.register_api(jobs_api)
     app.register_api(conversations_api)
     app.register_api(search_api)
+    app.register_api(queues_api)
     app.register_api(health_api)
+    app.register_api(metrics_api)
     app.add_url_rule("/docs", "docs", app.view_functions["swagger.swagger"])
     app.cli.add_command(create_key_command)
     return app

@@ -273,3 +273,24 @@ class SearchOut(BaseModel):
 class HealthOut(BaseModel):
     status: str
     checks: dict[str, str] = {}
+
+
+class ScalingRuleOut(BaseModel):
+    target_per_worker: int
+    min_replicas: int
+    max_replicas: int
+
+
+class QueueOut(BaseModel):
+    waiting: int = Field(description="Messages in the broker's lists, every priority included.")
+    unacked: int = Field(description="Messages reserved by workers and not yet acknowledged.")
+    depth: int = Field(description="waiting + unacked.")
+    workers: int = Field(description="Workers of this pool alive (heartbeat within 3 intervals).")
+    recommended_replicas: int = Field(
+        description="ceil(depth / target_per_worker), clamped to min and max."
+    )
+    scaling: ScalingRuleOut
+
+
+class QueuesOut(BaseModel):
+    queues: dict[str, QueueOut]

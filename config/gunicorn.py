@@ -1,6 +1,18 @@
 """gunicorn settings for the API: ``gunicorn -c config/gunicorn.py 'api:create_app()'``."""
 
-from config import get_settings
+import os
+import shutil
+import tempfile
+
+# gunicorn forks its workers: without a shared sample directory /metrics would
+# show whichever worker answered. Set before prometheus-client is imported.
+_own_metrics_dir = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _own_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+        prefix="convoq-api-metrics-"
+    )
+
+from config import get_settings, metrics  # noqa: E402
 
 _settings = get_settings()
 
@@ -36,3 +48,17 @@ logconfig_dict = {
         "gunicorn.error": {"handlers": ["stderr"], "level": _settings.log_level, "propagate": False}
     },
 }
+
+
+def on_starting(server: object) -> None:
+    """Before the first worker forks: start the metrics of this run from empty."""
+    metrics.reset_multiprocess_dir()
+
+
+def child_exit(server: object, worker: object) -> None:
+    metrics.mark_process_dead(worker.pid)
+
+
+def on_exit(server: object) -> None:
+    if _own_metrics_dir is not None:
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)

@@ -51,6 +51,8 @@ class CelerySettings(BaseModel):
     broker_connection_retry_on_startup: bool = True
     # Recycle a CPU-pool child that grows past 1 GiB (resident, in KiB).
     worker_max_memory_per_child: int = 1024 * 1024
+    # Used only with ``--autoscale``: size the pool from the queue's depth.
+    worker_autoscaler: str = "worker.autoscale:QueueDepthAutoscaler"
 
     @model_validator(mode="after")
     def _visibility_exceeds_time_limit(self) -> "CelerySettings":
@@ -85,6 +87,30 @@ class CelerySettings(BaseModel):
 
 
 PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class PoolScaling(BaseModel):
+    """The replica rule for one pool: ``ceil(depth / target_per_worker)``, clamped."""
+
+    target_per_worker: PositiveInt
+    min_replicas: NonNegativeInt
+    max_replicas: PositiveInt
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> "PoolScaling":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class ScalingSettings(BaseModel):
+    """Replica rules per pool, overridden as ``SCALING__CPU__MAX_REPLICAS=20``."""
+
+    # A gpu worker batches what it reserves (gpu_prefetch_multiplier), so one
+    # worker keeps up with a deep queue; a cpu worker runs one task per process.
+    gpu: PoolScaling = PoolScaling(target_per_worker=128, min_replicas=1, max_replicas=4)
+    cpu: PoolScaling = PoolScaling(target_per_worker=16, min_replicas=1, max_replicas=10)
 
 
 class Settings(BaseSettings):
@@ -150,6 +176,17 @@ class Settings(BaseSettings):
     broker_publish_timeout: float = 5.0
 
     celery: CelerySettings = CelerySettings()
+
+    scaling: ScalingSettings = ScalingSettings()
+    # The in-node autoscaler (worker/autoscale.py) looks at the queue this
+    # often, and shrinks the pool once it has been larger than needed this long.
+    autoscale_interval: Annotated[float, Field(gt=0)] = 1.0
+    autoscale_idle_seconds: Annotated[float, Field(gt=0)] = 30.0
+    # Each worker serves Prometheus metrics on this port (0: none), and says
+    # it is alive in Redis every heartbeat; it counts as gone after 3 missed.
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9100
+    worker_heartbeat_seconds: Annotated[float, Field(gt=0)] = 5.0
 
     @model_validator(mode="after")
     def _default_page_within_max(self) -> "Settings":

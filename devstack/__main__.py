@@ -1,8 +1,9 @@
 """``python -m devstack run``: the whole local stack in the foreground (``make run``).
 
 Starts Redis, PostgreSQL and Milvus Lite where nothing answers at their URLs,
-migrates the database, creates the Milvus collection, prints a local API key,
-then runs the ``Procfile`` under honcho. Ctrl-C stops the processes, then the
+migrates the database, creates the Milvus collection, prints a local API key
+and Flower's credentials (``FLOWER_BASIC_AUTH``, generated when unset), then
+runs the ``Procfile`` under honcho. Ctrl-C stops the processes, then the
 embedded servers.
 """
 
@@ -20,10 +21,25 @@ from devstack.services import ServiceError
 from devstack.stack import DEFAULT_DATA_DIR, ROOT, LocalStack
 from vectorstore import MemoryStoreError
 
+# What the Procfile's processes read, and their defaults for the local run.
+LOCAL_RUN_DEFAULTS = {
+    "FLOWER_ADDRESS": "127.0.0.1",
+    "FLOWER_PORT": "5555",
+    "WORKER_CPU_METRICS_PORT": "9101",
+    "WORKER_GPU_METRICS_PORT": "9102",
+}
 
-def _banner(api_url: str, key: str, milvus: str) -> str:
+
+def _banner(api_url: str, key: str, milvus: str, env: dict[str, str], flower_auth: str) -> str:
+    flower = f"http://{env['FLOWER_ADDRESS']}:{env['FLOWER_PORT']}"
+    metrics = "  ".join(
+        f"{pool}: http://127.0.0.1:{env[f'WORKER_{pool.upper()}_METRICS_PORT']}/metrics"
+        for pool in ("cpu", "gpu")
+    )
     return f"""
 convoq is starting.  API: {api_url}   docs: {api_url}/docs   memory: {milvus}
+  Flower: {flower}  (user:password {flower_auth})
+  metrics: api: {api_url}/metrics  {metrics}
 
   export CONVOQ_KEY={key}
   curl -s -X POST {api_url}/v1/jobs/embed -H "Authorization: Bearer $CONVOQ_KEY" \\
@@ -43,8 +59,17 @@ def run(data_dir: Path) -> int:
         return 1
     try:
         milvus = f"{settings.milvus_uri} ({settings.milvus_collection})"
-        print(_banner(f"http://{settings.api_bind}", stack.local_api_key(), milvus), flush=True)
         env = dict(os.environ)
+        # The password is printed only when generated here, never one set by the user.
+        flower_auth = "from FLOWER_BASIC_AUTH"
+        if "FLOWER_BASIC_AUTH" not in env:
+            flower_auth = env["FLOWER_BASIC_AUTH"] = stack.flower_credentials()
+        env.setdefault("CONVOQ_METRICS_DIR", str(data_dir.resolve() / "metrics"))
+        for name, value in LOCAL_RUN_DEFAULTS.items():
+            env.setdefault(name, value)
+        api_url = f"http://{settings.api_bind}"
+        banner = _banner(api_url, stack.local_api_key(), milvus, env, flower_auth)
+        print(banner, flush=True)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         honcho = subprocess.Popen(
             [sys.executable, "-m", "honcho", "start", "--procfile", str(ROOT / "Procfile")],

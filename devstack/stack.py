@@ -2,6 +2,7 @@
 
 import logging
 import os
+import secrets
 import stat
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = ROOT / ".devstack"
 LOCAL_TENANT = "local"
+FLOWER_USER = "convoq"
 
 
 def migrate(database_url: str) -> None:
@@ -86,6 +88,21 @@ class LocalStack:
         while self.started:
             self.started.pop().stop()
 
+    def _write_secret(self, name: str, value: str) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / name
+        path.write_text(value + "\n")
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+
+    def flower_credentials(self) -> str:
+        """``user:password`` for Flower's basic auth, kept in the data directory."""
+        path = self.data_dir / "flower-credentials"
+        if path.exists():
+            return path.read_text().strip()
+        credentials = f"{FLOWER_USER}:{secrets.token_urlsafe(18)}"
+        self._write_secret(path.name, credentials)
+        return credentials
+
     def local_api_key(self) -> str:
         """The local tenant's key, kept in the data directory and created on first use."""
         key_file = self.data_dir / "local-api-key"
@@ -94,7 +111,5 @@ class LocalStack:
             if authenticate(self.settings.database_url, key) is not None:
                 return key
         _, key = create_api_key(self.settings.database_url, LOCAL_TENANT, actor="devstack")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(key + "\n")
-        os.chmod(key_file, stat.S_IRUSR | stat.S_IWUSR)
+        self._write_secret(key_file.name, key)
         return key

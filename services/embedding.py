@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from config import metrics
 from inference.batching import plan_forward_passes
 from inference.embedder import Embedder
 
@@ -57,7 +58,8 @@ def embed_requests(
         indices = [i for i in indices if owners[i].key not in dropped]
         if not indices:
             continue
-        vectors[indices] = embedder.encode([texts[i] for i in indices], batch_size=len(indices))
+        with metrics.inference_call("embed", len(indices)):
+            vectors[indices] = embedder.encode([texts[i] for i in indices], batch_size=len(indices))
         passes += 1
         touched = {owners[i].key for i in indices}
         for i in indices:

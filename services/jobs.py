@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from config import metrics
 from models import ACTIVE_STATUSES, AuditLog, Job, JobStatus, JobType
 from models.db import session_scope
 
@@ -77,6 +78,17 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidCursor("cursor is not one this API returned") from exc
 
 
+_FINISHED_COLUMNS = (Job.id, Job.type, Job.created_at, Job.finished_at)
+
+
+def _observe_finished(rows: Sequence[Any], status: JobStatus) -> None:
+    # Rows come from the guarded UPDATE that made the transition: each job counts once.
+    for row in rows:
+        metrics.observe_finished(
+            JobType(row.type).value, status.value, row.created_at, row.finished_at
+        )
+
+
 class JobStore:
     """Reads and status transitions of ``jobs`` rows, each in its own transaction."""
 
@@ -114,6 +126,7 @@ class JobStore:
             )
             session.add(job)
             session.flush()  # INSERT … RETURNING fills in created_at
+        metrics.JOBS_SUBMITTED.labels(type=JobType(job_type).value).inc()
         try:
             publish(job)
         except Exception as exc:
@@ -156,7 +169,7 @@ class JobStore:
         if not job_ids:
             return []
         with self._session() as session:
-            return list(
+            started = list(
                 session.scalars(
                     update(Job)
                     .where(Job.id.in_(job_ids), Job.status.in_(ACTIVE_STATUSES))
@@ -168,15 +181,20 @@ class JobStore:
                     .returning(Job)
                 )
             )
+        for job in started:
+            if job.attempts == 1:
+                wait = (job.started_at - job.created_at).total_seconds()
+                metrics.JOB_QUEUE_WAIT.labels(type=JobType(job.type).value).observe(max(0.0, wait))
+        return started
 
     def succeed_many(self, results: dict[uuid.UUID, dict[str, Any]]) -> set[uuid.UUID]:
         """``succeed`` for many jobs in one transaction; the ids that were stored."""
-        stored: set[uuid.UUID] = set()
         if not results:
-            return stored
+            return set()
+        finished = []
         with self._session() as session:
             for job_id, result in results.items():
-                changed = session.scalar(
+                row = session.execute(
                     update(Job)
                     .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
                     .values(
@@ -185,30 +203,31 @@ class JobStore:
                         progress_done=Job.progress_total,
                         finished_at=func.now(),
                     )
-                    .returning(Job.id)
-                )
-                if changed is not None:
-                    stored.add(changed)
-        return stored
+                    .returning(*_FINISHED_COLUMNS)
+                ).one_or_none()
+                if row is not None:
+                    finished.append(row)
+        _observe_finished(finished, JobStatus.SUCCEEDED)
+        return {row.id for row in finished}
 
     def fail_many(self, job_ids: Sequence[uuid.UUID], code: str, message: str) -> set[uuid.UUID]:
         """``fail`` for many jobs in one statement; the ids that were failed."""
         if not job_ids:
             return set()
         with self._session() as session:
-            return set(
-                session.scalars(
-                    update(Job)
-                    .where(Job.id.in_(job_ids), Job.status.in_(ACTIVE_STATUSES))
-                    .values(
-                        status=JobStatus.FAILED,
-                        error_code=code,
-                        error_message=message[:2000],
-                        finished_at=func.now(),
-                    )
-                    .returning(Job.id)
+            finished = session.execute(
+                update(Job)
+                .where(Job.id.in_(job_ids), Job.status.in_(ACTIVE_STATUSES))
+                .values(
+                    status=JobStatus.FAILED,
+                    error_code=code,
+                    error_message=message[:2000],
+                    finished_at=func.now(),
                 )
-            )
+                .returning(*_FINISHED_COLUMNS)
+            ).all()
+        _observe_finished(finished, JobStatus.FAILED)
+        return {row.id for row in finished}
 
     def report_progress(self, job_id: uuid.UUID, done: int, total: int) -> bool:
         """Record progress; False when the job is no longer running (canceled)."""
@@ -260,6 +279,7 @@ class JobStore:
                 )
         if job is None:
             raise JobAlreadyFinished(self.get(tenant_id, job_id))
+        _observe_finished([job], JobStatus.CANCELED)
         return job
 
     def running(self, job_id: uuid.UUID) -> Job | None:

@@ -4,7 +4,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from config import Settings
+from config import Settings, metrics
 from inference.embedder import get_embedder
 from inference.extractive import ExtractiveSummarizer
 from inference.methods import Method
@@ -50,6 +50,7 @@ def summarize_requests(
             embedder = get_embedder(settings.embedding_model_path, settings.inference_device)
             summarizer = ExtractiveSummarizer(embedder, batch_size=settings.embedding_batch_size)
         texts = [requests[key].text for key in keys]
-        results = summarizer.summarize_many(texts, max_length=max_length, min_length=min_length)
+        with metrics.inference_call("summarize", len(texts)):
+            results = summarizer.summarize_many(texts, max_length=max_length, min_length=min_length)
         summaries.update(zip(keys, results, strict=True))
     return summaries

@@ -15,7 +15,9 @@ below and every request of the batch is put back on the queue.
 import logging
 import random
 from collections.abc import Callable, Collection, Sequence
+from contextvars import ContextVar
 from functools import partial
+from time import perf_counter
 from typing import Any
 
 from celery import Celery, Task, shared_task, signature
@@ -54,6 +56,8 @@ MAX_REQUEUE_DELAY = 60.0
 # its requests are dropped: a poison message must not loop for ever.
 MAX_BATCH_FAILURES = 3
 KINDS = frozenset({"job", "query", "conversation"})
+# The ids ``requeue`` published again during the batch being run.
+_REQUEUED: ContextVar[set[str] | None] = ContextVar("requeued", default=None)
 
 
 def batch_task(
@@ -77,6 +81,10 @@ def batch_task(
             conf = task.app.conf
             hard = conf.task_time_limit
             handler = partial(on_hard_timeout or _ignore, requests, hard)
+            requeued: set[str] = set()
+            exhausted: list[SimpleRequest] = []
+            token = _REQUEUED.set(requeued)
+            started = perf_counter()
             with time_limits(conf.task_soft_time_limit, hard, on_hard_timeout=handler):
                 try:
                     work(task, requests)
@@ -88,6 +96,9 @@ def batch_task(
                             requeue(task.app, request)
                     if exhausted and on_give_up is not None:
                         on_give_up(exhausted)
+                finally:
+                    _REQUEUED.reset(token)
+            _announce(task, requests, requeued, exhausted, perf_counter() - started)
 
         run.__name__, run.__qualname__, run.__doc__ = work.__name__, work.__qualname__, work.__doc__
         run.__module__ = work.__module__
@@ -102,6 +113,31 @@ def batch_task(
         )(run)
 
     return decorator
+
+
+def _announce(
+    task: Task,
+    requests: Sequence[SimpleRequest],
+    requeued: set[str],
+    given_up: Sequence[SimpleRequest],
+    runtime: float,
+) -> None:
+    """Send each request's outcome as a task event, as the worker does for an
+    ordinary task, so Flower shows batched requests finishing."""
+    if not requests or not task.app.conf.worker_send_task_events:
+        return
+    dropped = {r.id for r in given_up}
+    try:
+        with task.app.events.default_dispatcher(hostname=requests[0].hostname) as events:
+            for request in requests:
+                if request.id in dropped:
+                    events.send("task-failed", uuid=request.id, exception="batch kept failing")
+                elif request.id in requeued:
+                    events.send("task-retried", uuid=request.id, exception="queued again")
+                else:
+                    events.send("task-succeeded", uuid=request.id, result="", runtime=runtime)
+    except Exception:
+        log.warning("could not send the batch's task events", exc_info=True)
 
 
 def _well_formed(request: SimpleRequest) -> bool:
@@ -123,6 +159,9 @@ def requeue(app: Celery, request: SimpleRequest) -> None:
     It keeps its task id, arguments, priority and the rest of its chain, and
     counts the retry in its headers.
     """
+    requeued = _REQUEUED.get()
+    if requeued is not None:
+        requeued.add(request.id)
     headers = request.request_dict or {}
     retries = int(headers.get("retries") or 0) + 1
     delay = min(MAX_REQUEUE_DELAY, 2.0**retries) * random.uniform(0.5, 1.0)  # noqa: S311

@@ -14,6 +14,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
+import redis
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,8 +80,17 @@ class WorkerProcess:
             "--hostname", self.hostname, "--without-mingle", "--without-gossip",
             "--loglevel", "INFO", *extra_args,
         ]  # fmt: skip
-        self.env = dict(env)
+        self.metrics_port = free_port()
+        self.env = {
+            "WORKER_METRICS_PORT": str(self.metrics_port),
+            "PROMETHEUS_MULTIPROC_DIR": str(log_dir / f"metrics-{self.hostname.split('@')[0]}"),
+            **env,
+        }
         self.process: subprocess.Popen | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self, timeout: float = 90) -> "WorkerProcess":
         log = self.log_path.open("ab")
@@ -179,3 +190,27 @@ def queue_length(broker: Any, queue: str) -> int:
     """Messages waiting in a queue, its priority lists (kombu's ``\\x06\\x16`` suffix) included."""
     keys = [queue, *(f"{queue}\x06\x16{priority}" for priority in range(1, 10))]
     return sum(broker.llen(key) for key in keys)
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> float:
+    """The sum of the samples named ``name`` whose labels include ``labels``, in a
+    Prometheus text exposition; 0 when there are none (a counter not yet used)."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+@contextmanager
+def private_broker(redis_url: str, db: int) -> Iterator[str]:
+    """The URL of Redis database ``db`` beside ``redis_url``'s, for one test alone
+    (no shared worker consumes there), emptied before and after."""
+    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        client.flushdb()

@@ -17,7 +17,7 @@ import requests
 from pymilvus import MilvusClient
 
 from devstack.services import Address, ServiceError, ensure_milvus
-from tests.support import ROOT, free_port, subprocess_env, wait_for
+from tests.support import ROOT, free_port, metric_value, subprocess_env, wait_for
 
 
 def stack_processes(root_pid: int, markers: list[str]) -> list[psutil.Process]:
@@ -48,6 +48,8 @@ def test_local_stack_starts_embedded_servers_and_ctrl_c_stops_everything(tmp_pat
     database_url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/convoq"
     milvus_uri = f"http://127.0.0.1:{free_port()}"
     api = f"127.0.0.1:{free_port()}"
+    flower = f"http://127.0.0.1:{free_port()}"
+    worker_metrics = {pool: free_port() for pool in ("cpu", "gpu")}
     data_dir = tmp_path / "stack"
     services = ((redis_url, 6379), (database_url, 5432), (milvus_uri, 19530))
     for url, port in services:
@@ -60,7 +62,11 @@ def test_local_stack_starts_embedded_servers_and_ctrl_c_stops_everything(tmp_pat
         MILVUS_COLLECTION="convoq_memory",
         API_BIND=api,
         API_WORKERS="1",
+        FLOWER_PORT=flower.rsplit(":", 1)[1],
+        WORKER_CPU_METRICS_PORT=str(worker_metrics["cpu"]),
+        WORKER_GPU_METRICS_PORT=str(worker_metrics["gpu"]),
     )
+    env.pop("FLOWER_BASIC_AUTH", None)
     log_path = tmp_path / "stack.log"
     markers = [str(data_dir), redis_url.split("//")[1].split("/")[0]]
     with log_path.open("wb") as log:
@@ -104,6 +110,23 @@ def test_local_stack_starts_embedded_servers_and_ctrl_c_stops_everything(tmp_pat
         assert vectors.shape == (2, 384)
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
 
+        # Flower, with the credentials make run generated and printed.
+        credentials = (data_dir / "flower-credentials").read_text().strip()
+        assert credentials in log_path.read_text()
+        auth = tuple(credentials.split(":", 1))
+        assert requests.get(f"{flower}/api/workers", timeout=10).status_code == 401
+        assert requests.get(f"{flower}/api/workers", auth=auth, timeout=30).status_code == 200
+        # Both pools' metrics, and the API's view of the pools.
+        gpu_metrics = requests.get(f"http://127.0.0.1:{worker_metrics['gpu']}/metrics", timeout=5)
+        done = {"type": "embed", "status": "succeeded"}
+        assert metric_value(gpu_metrics.text, "convoq_jobs_finished_total", **done) == 1
+        cpu_metrics = requests.get(f"http://127.0.0.1:{worker_metrics['cpu']}/metrics", timeout=5)
+        assert cpu_metrics.status_code == 200
+        api_metrics = requests.get(f"{base}/metrics", timeout=5).text
+        assert metric_value(api_metrics, "convoq_jobs_submitted_total", type="embed") == 1
+        for pool in ("cpu", "gpu"):
+            assert metric_value(api_metrics, "convoq_workers", pool=pool) == 1
+
         started = stack_processes(stack.pid, markers)
         names = " ".join(" ".join(p.cmdline()) for p in started)
         for expected in (
@@ -113,6 +136,7 @@ def test_local_stack_starts_embedded_servers_and_ctrl_c_stops_everything(tmp_pat
             "gunicorn",
             "--queues gpu",
             "--queues cpu",
+            "flower",
         ):
             assert expected in names
 

@@ -15,6 +15,8 @@ def procfile_workers() -> dict[str, list[str]]:
     for line in PROCFILE.read_text().splitlines():
         name, _, command = line.partition(":")
         args = shlex.split(command)
+        while "=" in args[0]:  # leading VARIABLE=value assignments
+            args.pop(0)
         if "worker" in args and "celery" in args[0]:
             workers[name.strip()] = args
     return workers

@@ -1,0 +1,72 @@
+"""Flower, as ``make run`` starts it: basic auth on its UI and API, tasks seen from events."""
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from tests.support import ROOT, free_port, submit_embed, wait_for, wait_for_job
+
+CREDENTIALS = ("ops", "s3cret-for-tests")
+
+
+@pytest.fixture
+def flower(worker_env, tmp_path) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **worker_env,
+        "FLOWER_BASIC_AUTH": ":".join(CREDENTIALS),
+        "FLOWER_ADDRESS": "127.0.0.1",
+        "FLOWER_PORT": str(port),
+    }
+    # Flower's own metrics are single-process: the variable must be absent, not empty.
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = (tmp_path / "flower.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "--app", "worker.celery_app:celery_app", "flower"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert process.poll() is None, (tmp_path / "flower.log").read_text()
+        try:
+            return requests.get(f"{url}/healthcheck", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_for(up, 60, "Flower to answer", interval=0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_flower_api_needs_credentials(flower):
+    for path in ("/api/workers", "/api/tasks", "/"):
+        assert requests.get(f"{flower}{path}", timeout=10).status_code == 401
+        wrong = requests.get(f"{flower}{path}", auth=("ops", "wrong"), timeout=10)
+        assert wrong.status_code == 401
+    assert requests.get(f"{flower}/api/tasks", auth=CREDENTIALS, timeout=10).status_code == 200
+
+
+def test_flower_sees_tasks_and_serves_metrics(flower, client, headers, gpu_worker):
+    job = submit_embed(client, headers, ["seen by flower"])
+    assert wait_for_job(client, headers, job["id"])["status"] == "succeeded"
+
+    def embed_tasks() -> list[dict]:
+        tasks = requests.get(f"{flower}/api/tasks", auth=CREDENTIALS, timeout=10).json()
+        return [t for t in tasks.values() if t["name"] == "tasks.embed.embed"]
+
+    seen = wait_for(embed_tasks, 30, "Flower to list the embed task", interval=0.5)
+    assert seen[0]["state"] == "SUCCESS"
+    workers = requests.get(f"{flower}/api/workers?refresh=1", auth=CREDENTIALS, timeout=30).json()
+    assert gpu_worker.hostname in workers
+    metrics = requests.get(f"{flower}/metrics", timeout=10)
+    assert metrics.status_code == 200
+    assert "flower_events_total" in metrics.text
+    # Single-process metrics: no sample files were written into the working directory.
+    assert list(ROOT.glob("*.db")) == []
