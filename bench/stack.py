@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,8 +62,15 @@ def local_services(settings: Settings) -> Iterator[Path]:
 
 
 @contextmanager
-def running_stack(settings: Settings, log_dir: Path, *, cpu: bool = True) -> Iterator[RunningStack]:
-    """gunicorn, the solo gpu worker and (unless ``cpu=False``) the prefork cpu worker."""
+def running_stack(
+    settings: Settings,
+    log_dir: Path,
+    *,
+    cpu: bool = True,
+    worker_env: Mapping[str, str] | None = None,
+) -> Iterator[RunningStack]:
+    """gunicorn, the solo gpu worker and (unless ``cpu=False``) the prefork cpu worker;
+    ``worker_env`` is added to the workers' environment (``INFERENCE_BACKEND``, say)."""
     api = f"127.0.0.1:{free_port()}"
     env = subprocess_env(
         {
@@ -80,9 +87,12 @@ def running_stack(settings: Settings, log_dir: Path, *, cpu: bool = True) -> Ite
         [sys.executable, "-m", "gunicorn", "--config", "config/gunicorn.py", "api:create_app()"],
         cwd=ROOT, env=env, stdout=api_log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    workers = [WorkerProcess(env, log_dir, queue="gpu", pool="solo")]
+    env_of_workers = {**env, **(worker_env or {})}
+    workers = [WorkerProcess(env_of_workers, log_dir, queue="gpu", pool="solo")]
     if cpu:
-        workers.append(WorkerProcess(env, log_dir, queue="cpu", pool="prefork", concurrency=2))
+        workers.append(
+            WorkerProcess(env_of_workers, log_dir, queue="cpu", pool="prefork", concurrency=2)
+        )
     try:
         for worker in workers:
             worker.start()

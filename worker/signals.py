@@ -35,11 +35,10 @@ def _consumes_gpu_queue(app: Celery) -> bool:
 
 def _warm_up_models() -> None:
     # Imported here, not at the top: only gpu workers may import torch.
-    from inference.embedder import get_embedder
-    from services.summaries import load_t5
+    from services.models import load_embedder, load_t5
 
     settings = get_settings()
-    get_embedder(settings.embedding_model_path, settings.inference_device)
+    load_embedder(settings)
     if settings.summarizer_model_path is not None:
         load_t5(settings)
 
