@@ -38,6 +38,7 @@ bench: $(INSTALLED)
 	$(PY) -m bench.search
 	$(PY) -m bench.summarize
 	$(PY) -m bench.autoscale
+	$(PY) -m bench.backends
 
 clean:
 	rm -rf $(VENV) .devstack .pytest_cache .ruff_cache

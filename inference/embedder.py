@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from inference.backends.choice import Backend, BackendOptions, load_first
 from inference.backends.embedding import load_exported_encoder
+from inference.backends.fidelity import SENTENCES
 from inference.device import select_device
 
 log = logging.getLogger(__name__)
@@ -134,9 +135,22 @@ def load_embedder(
     """An embedder on the backend asked for; ``auto``: the fastest that passes its check."""
     path = model_path or default_model_path()
     device = select_device(device_preference)
+    measure = None if options is None else (path, options, _auto_workload)
     return load_first(
-        backend, device, model_name(path), lambda name: Embedder(path, device, name, options)
+        backend,
+        device,
+        model_name(path),
+        lambda name: Embedder(path, device, name, options),
+        measure=measure,
     )
+
+
+def _auto_workload(embedder: Embedder) -> None:
+    # What the gpu pool runs: full batches under load, small ones when quiet.
+    texts = [SENTENCES[i % 4] for i in range(64)]
+    embedder.encode(texts, batch_size=64)
+    for text in texts[:8]:
+        embedder.encode([text], batch_size=1)
 
 
 _loaded: dict[int, tuple[tuple[object, ...], Embedder]] = {}

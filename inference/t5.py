@@ -23,6 +23,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, T5ForConditionalGeneration
 
 from inference.backends.choice import Backend, BackendOptions, load_first
+from inference.backends.fidelity import SUMMARY_TEXTS
 from inference.backends.seq2seq import (
     DecodingTokens,
     ExportedGreedy,
@@ -294,7 +295,12 @@ def load_t5_summarizer(
             backend=name,
             options=options,
         ),
+        measure=None if options is None else (Path(model_path), options, _auto_workload),
     )
+
+
+def _auto_workload(summarizer: T5Summarizer) -> None:
+    summarizer.summarize_many(SUMMARY_TEXTS[:2], max_length=16, min_length=8)
 
 
 _loaded: dict[int, tuple[tuple[object, ...], T5Summarizer]] = {}
