@@ -6,7 +6,6 @@ embedder tokenizes, counts tokens and returns unit-length float32 vectors.
 """
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from inference.backends.choice import Backend, BackendOptions, load_first
 from inference.backends.embedding import load_exported_encoder
 from inference.backends.fidelity import SENTENCES
 from inference.device import select_device
+from inference.per_process import PerProcess
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def _auto_workload(embedder: Embedder) -> None:
         embedder.encode([text], batch_size=1)
 
 
-_loaded: dict[int, tuple[tuple[object, ...], Embedder]] = {}
+_loaded: PerProcess[Embedder] = PerProcess()
 
 
 def get_embedder(
@@ -162,16 +162,8 @@ def get_embedder(
     backend: str = "torch",
     options: BackendOptions | None = None,
 ) -> Embedder:
-    """This process's embedder, loaded on first use (and again if asked for another).
-
-    Keyed by pid: a forked child never uses a model its parent loaded.
-    """
-    wanted = (model_path, device_preference, backend, options)
-    loaded = _loaded.get(os.getpid())
-    if loaded is None or loaded[0] != wanted:
-        _loaded.clear()
-        _loaded[os.getpid()] = (
-            wanted,
-            load_embedder(model_path, device_preference, backend, options),
-        )
-    return _loaded[os.getpid()][1]
+    """This process's embedder, loaded on first use (and again if asked for another)."""
+    return _loaded.get(
+        (model_path, device_preference, backend, options),
+        lambda: load_embedder(model_path, device_preference, backend, options),
+    )

@@ -12,7 +12,6 @@ over as many rounds as it takes to fit the window.
 
 import bisect
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from inference.backends.seq2seq import (
     until_eos,
 )
 from inference.device import select_device
+from inference.per_process import PerProcess
 from inference.sentences import sentence_spans
 from inference.summary import Summarizer, Summary, check_lengths
 
@@ -303,7 +303,7 @@ def _auto_workload(summarizer: T5Summarizer) -> None:
     summarizer.summarize_many(SUMMARY_TEXTS[:2], max_length=16, min_length=8)
 
 
-_loaded: dict[int, tuple[tuple[object, ...], T5Summarizer]] = {}
+_loaded: PerProcess[T5Summarizer] = PerProcess()
 
 
 def get_t5_summarizer(
@@ -315,18 +315,15 @@ def get_t5_summarizer(
     backend: str = "torch",
     options: BackendOptions | None = None,
 ) -> T5Summarizer:
-    """This process's T5 summarizer, loaded on first use (keyed by pid, as ``get_embedder``)."""
-    wanted = (Path(model_path), device_preference, input_tokens, batch_size, backend, options)
-    loaded = _loaded.get(os.getpid())
-    if loaded is None or loaded[0] != wanted:
-        _loaded.clear()
-        summarizer = load_t5_summarizer(
+    """This process's T5 summarizer, loaded on first use (and again if asked for another)."""
+    return _loaded.get(
+        (Path(model_path), device_preference, input_tokens, batch_size, backend, options),
+        lambda: load_t5_summarizer(
             Path(model_path),
             device_preference,
             input_tokens=input_tokens,
             batch_size=batch_size,
             backend=backend,
             options=options,
-        )
-        _loaded[os.getpid()] = (wanted, summarizer)
-    return _loaded[os.getpid()][1]
+        ),
+    )

@@ -12,17 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import sentence_transformers
 import torch
-import transformers
 from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from inference.backends.cache import Entry, ExportCache, cache_key, directory_digest
+from inference.backends.cache import Entry
 from inference.backends.choice import Backend, BackendOptions
 from inference.backends.fidelity import SENTENCES, check_embeddings
 from inference.backends.graph import Graph
-from inference.backends.runtimes import export_graph, open_graph, runtime_versions
+from inference.backends.runtimes import cached_export, export_graph, open_graph
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +88,12 @@ def load_exported_encoder(
     ``name`` prefixes the cache entry's directory, for people reading the cache.
     """
     started = time.perf_counter()
-    identity = {
-        "format": EXPORT_FORMAT,
-        "model": directory_digest(model_path),
-        "backend": backend,
-        "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-        **runtime_versions(backend),
-    }
-    entry = ExportCache(options.cache_dir).get_or_build(
-        cache_key(name, backend, identity),
+    entry = cached_export(
+        options,
+        name,
+        backend,
+        model_path,
+        EXPORT_FORMAT,
         lambda directory: export_sentence_model(model_path, backend, directory, options),
     )
     encoder = ExportedSentenceEncoder(entry, backend, options)

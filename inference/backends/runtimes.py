@@ -5,13 +5,18 @@ Each backend keeps a graph ``name`` as: ``onnx``/``onnx-int8`` ``name.onnx``,
 the ONNX export, which is then deleted.
 """
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnxruntime
 import openvino
+import sentence_transformers
 import torch
+import transformers
 
+from inference.backends.cache import Entry, ExportCache, cache_key, directory_digest
 from inference.backends.choice import Backend, BackendOptions
 from inference.backends.graph import Graph, Session
 from inference.backends.onnx import OnnxSession, export_onnx, quantize_int8
@@ -50,3 +55,25 @@ def runtime_versions(backend: Backend) -> dict[str, str]:
     else:
         versions["onnxruntime"] = onnxruntime.__version__
     return versions
+
+
+def cached_export(
+    options: BackendOptions,
+    name: str,
+    backend: Backend,
+    model_path: Path,
+    export_format: str,
+    build: Callable[[Path], dict[str, Any]],
+) -> Entry:
+    """The cache entry of ``model_path`` exported for ``backend``; built by ``build``
+    when missing or corrupt. The key covers the model's files, the export format and
+    every library the export depends on."""
+    identity = {
+        "format": export_format,
+        "model": directory_digest(model_path),
+        "backend": backend,
+        "transformers": transformers.__version__,
+        "sentence_transformers": sentence_transformers.__version__,
+        **runtime_versions(backend),
+    }
+    return ExportCache(options.cache_dir).get_or_build(cache_key(name, backend, identity), build)

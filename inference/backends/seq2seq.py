@@ -25,11 +25,11 @@ import torch
 import transformers
 from transformers import AutoTokenizer, GenerationConfig, T5ForConditionalGeneration
 
-from inference.backends.cache import Entry, ExportCache, cache_key, directory_digest
+from inference.backends.cache import Entry
 from inference.backends.choice import Backend, BackendOptions
 from inference.backends.fidelity import SUMMARY_LENGTHS, SUMMARY_TEXTS, check_tokens
 from inference.backends.graph import Graph
-from inference.backends.runtimes import export_graph, open_graph, runtime_versions
+from inference.backends.runtimes import cached_export, export_graph, open_graph
 
 log = logging.getLogger(__name__)
 
@@ -220,15 +220,12 @@ def load_exported_t5(
     """The export of the T5 at ``model_path``: from the cache, else exported and checked
     against ``torch_generate`` (how the torch backend decodes) of the torch model."""
     started = time.perf_counter()
-    identity = {
-        "format": EXPORT_FORMAT,
-        "model": directory_digest(model_path),
-        "backend": backend,
-        "transformers": transformers.__version__,
-        **runtime_versions(backend),
-    }
-    entry = ExportCache(options.cache_dir).get_or_build(
-        cache_key(model_path.name, backend, identity),
+    entry = cached_export(
+        options,
+        model_path.name,
+        backend,
+        model_path,
+        EXPORT_FORMAT,
         lambda directory: export_t5(
             model_path, backend, directory, options, tokens, torch_generate
         ),
