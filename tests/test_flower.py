@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.support import ROOT, free_port, submit_embed, wait_for, wait_for_job
+from tests.support import ROOT, free_port, metric_value, submit_embed, wait_for, wait_for_job
 
 CREDENTIALS = ("ops", "s3cret-for-tests")
 
@@ -54,6 +54,13 @@ def test_flower_api_needs_credentials(flower):
 
 
 def test_flower_sees_tasks_and_serves_metrics(flower, client, headers, gpu_worker):
+    # Events are broadcast: Flower sees only those sent after it subscribed. The
+    # worker's heartbeat events mark it online once Flower receives them.
+    def receiving_events() -> bool:
+        metrics = requests.get(f"{flower}/metrics", timeout=10).text
+        return metric_value(metrics, "flower_worker_online", worker=gpu_worker.hostname) == 1
+
+    wait_for(receiving_events, 30, "Flower to receive the gpu worker's events", interval=0.5)
     job = submit_embed(client, headers, ["seen by flower"])
     assert wait_for_job(client, headers, job["id"])["status"] == "succeeded"
 
