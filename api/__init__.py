@@ -5,6 +5,7 @@ from flask_openapi3 import Info, OpenAPI
 from api.cli import create_key_command
 from api.content import StrictJSONProvider
 from api.conversations import conversations_api
+from api.embeddings import embeddings_api
 from api.errors import ErrorResponse, register_error_handlers, validation_error_response
 from api.health import health_api
 from api.jobs import jobs_api
@@ -14,6 +15,7 @@ from api.search import search_api
 from config import Settings, get_settings
 from config.logs import configure_logging
 from services.jobs import JobStore
+from services.notify import finished_notifier
 from worker.factory import init_celery
 
 __version__ = "0.1.0"
@@ -42,13 +44,17 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.json = StrictJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["convoq.settings"] = settings
-    app.extensions["convoq.jobs"] = JobStore(settings.database_url)
+    # Cancels are announced like every other end, waking requests that wait on them.
+    app.extensions["convoq.jobs"] = JobStore(
+        settings.database_url, notify=finished_notifier(settings.redis_url)
+    )
     init_celery(app, settings)
     register_error_handlers(app)
     init_metrics(app)
     app.register_api(jobs_api)
     app.register_api(conversations_api)
     app.register_api(search_api)
+    app.register_api(embeddings_api)
     app.register_api(queues_api)
     app.register_api(health_api)
     app.register_api(metrics_api)

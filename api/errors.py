@@ -1,14 +1,23 @@
 """One error shape for every failure: ``{"error": {"code", "message", "details"}}``."""
 
 import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask, Response, jsonify
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
+from api.schemas import JOB_TYPE_TAGS
+from services import gpu_rpc
+
 log = logging.getLogger(__name__)
+
+# Errors where the discriminator of a tagged union is missing or unknown: pydantic
+# places them on the object, not on its discriminator field.
+_DISCRIMINATOR_ERRORS = {"union_tag_invalid", "union_tag_not_found"}
 
 
 class ErrorBody(BaseModel):
@@ -21,6 +30,20 @@ class ErrorResponse(BaseModel):
     """Returned with every 4xx and 5xx status."""
 
     error: ErrorBody
+
+
+class OpenAIErrorBody(ErrorBody):
+    type: str = Field(
+        description="OpenAI's error class: `invalid_request_error`, `authentication_error`, "
+        "`rate_limit_error` or `server_error`."
+    )
+    param: str | None = Field(description="The request field at fault, if one is.")
+
+
+class OpenAIErrorResponse(BaseModel):
+    """Our error shape plus OpenAI's `type` and `param`, so OpenAI clients read it."""
+
+    error: OpenAIErrorBody
 
 
 class ApiError(Exception):
@@ -50,6 +73,28 @@ class ApiError(Exception):
         )
 
 
+@contextmanager
+def gpu_pool_errors(what: str, timeout_code: str) -> Iterator[None]:
+    """What an interactive request to the gpu pool (``services.gpu_rpc``) answers
+    when it fails: 504 when no gpu worker answered in time, 503 otherwise."""
+    try:
+        yield
+    except gpu_rpc.GpuTimeout as exc:
+        raise ApiError(
+            504, timeout_code, f"{exc}: the gpu workers are busy or not running; try again"
+        ) from exc
+    except gpu_rpc.GpuUnavailable as exc:
+        raise ApiError(
+            503,
+            "broker_unavailable",
+            "the gpu pool could not be reached; try again shortly",
+            headers={"Retry-After": "5"},
+        ) from exc
+    except gpu_rpc.GpuRequestFailed as exc:
+        log.error(f"{what} failed", extra={"code": exc.code, "error": str(exc)})
+        raise ApiError(503, exc.code, f"the {what} could not be made: {exc}") from exc
+
+
 def error_response(
     status: int,
     code: str,
@@ -74,14 +119,29 @@ _HTTP_CODES = {
 }
 
 
+def field_path(error: Mapping[str, Any]) -> str:
+    """The dotted path of the field a pydantic error is about, as the request spells it.
+
+    A tagged union puts the tag in the location (``jobs.3.embed.texts``); it is
+    left out (``jobs.3.texts``). An unknown or missing tag is about the
+    discriminator field (``jobs.3.type``).
+    """
+    parts: list[str] = []
+    previous: object = None
+    for part in error["loc"]:
+        is_tag = isinstance(previous, int) and part in JOB_TYPE_TAGS
+        previous = part
+        if not is_tag:
+            parts.append(str(part))
+    if error["type"] in _DISCRIMINATOR_ERRORS:
+        parts.append(str(error.get("ctx", {}).get("discriminator", "type")).strip("'"))
+    return ".".join(parts) or "body"
+
+
 def validation_error_response(exc: ValidationError) -> Response:
     """422 naming each offending field (flask-openapi3's validation callback)."""
     details = [
-        {
-            "field": ".".join(str(part) for part in error["loc"]) or "body",
-            "message": error["msg"],
-            "type": error["type"],
-        }
+        {"field": field_path(error), "message": error["msg"], "type": error["type"]}
         for error in exc.errors(include_url=False, include_input=False)
     ]
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)

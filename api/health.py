@@ -1,6 +1,8 @@
 """Liveness and readiness probes (no authentication)."""
 
 import logging
+import socket
+from urllib.parse import urlsplit
 
 import redis
 from flask import Response, current_app, jsonify
@@ -10,7 +12,6 @@ from sqlalchemy import text
 from api.errors import ErrorResponse, error_response
 from api.schemas import HealthOut
 from models.db import get_engine
-from vectorstore import get_memory_store
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,14 @@ def _check_redis() -> None:
 
 
 def _check_milvus() -> None:
-    get_memory_store(current_app.extensions["convoq.settings"]).ping(PROBE_TIMEOUT_SECONDS)
+    """Milvus accepts connections. The API holds no Milvus client (pymilvus would
+    bring pandas and gRPC into every API process); the workers' calls have their
+    own timeouts and retries."""
+    uri = urlsplit(current_app.extensions["convoq.settings"].milvus_uri)
+    if uri.hostname is None:
+        raise ValueError(f"MILVUS_URI {uri.geturl()!r} names no server")
+    port = uri.port or (443 if uri.scheme == "https" else 19530)
+    socket.create_connection((uri.hostname, port), timeout=PROBE_TIMEOUT_SECONDS).close()
 
 
 CHECKS = {"postgresql": _check_postgresql, "redis": _check_redis, "milvus": _check_milvus}

@@ -1,39 +1,58 @@
 """``/v1/jobs``: submit, read, list and cancel jobs."""
 
 import logging
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
 from flask import Response, current_app, jsonify, url_for
 from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel
+from sqlalchemy import Row
 
 from api.auth import current_principal, require_api_key
 from api.content import require_json_body
 from api.errors import ApiError, ErrorResponse
 from api.schemas import (
+    AcceptedBatchOut,
+    AcceptedJobOut,
+    BatchItem,
+    BatchJobsIn,
+    BatchJobsOut,
+    ConversationBatchItem,
     ConversationJobIn,
+    EmbedBatchItem,
     EmbedJobIn,
+    FinishedBatchOut,
+    FinishedJobOut,
     JobListOut,
     JobListQuery,
     JobOut,
     JobPath,
+    JobQuery,
     JobSummaryOut,
+    PreferHeader,
+    SummarizeBatchItem,
     SummarizeJobIn,
     SummaryLengths,
 )
+from api.waiting import JobWatch, is_final, preferred_wait
 from config import Settings
-from inference.methods import T5NotConfigured, choose_method
-from models import Job, JobType
+from models import JobType
 from services.conversations import ConversationStore
-from services.dispatch import conversation_steps, publish_job
+from services.dispatch import conversation_steps, publish_jobs
 from services.jobs import (
     InvalidCursor,
     JobAlreadyFinished,
     JobNotFound,
     JobStore,
+    NewJob,
     PublishFailed,
     parse_job_id,
 )
+from services.methods import T5NotConfigured, choose_method
+from services.vectors import EncodingFormat
 
 log = logging.getLogger(__name__)
 
@@ -57,36 +76,83 @@ def _settings() -> Settings:
     return current_app.extensions["convoq.settings"]
 
 
-def _job_response(model: JobOut, status: int, **headers: str) -> tuple[Response, int, dict]:
+def _job_out(job: Row, encoding_format: EncodingFormat | None = None) -> JobOut:
+    """The job with its result, vectors in ``encoding_format`` or the one it was sent with."""
+    return JobOut.from_job(job, encoding_format or job.params.get("encoding_format") or "float")
+
+
+def _json(model: BaseModel, status: int, headers: dict[str, str]) -> tuple[Response, int, dict]:
     return jsonify(model.model_dump(mode="json")), status, headers
 
 
-def _submit(job_type: JobType, params: dict[str, Any], total: int) -> tuple[Response, int, dict]:
+def _submit(new_jobs: list[NewJob], wait: int | None) -> list[Row]:
+    """Write the jobs in one transaction and publish them in one round trip; with
+    ``wait``, their rows once all have ended or ``wait`` seconds have passed."""
     celery: Celery = current_app.extensions["celery"]
+    tenant_id = current_principal().tenant_id
+    watch: JobWatch | None = None
+
+    def publish(jobs: Sequence[Row]) -> None:
+        nonlocal watch
+        if wait is not None:
+            # Watched before any worker can see them: no end goes unheard.
+            watch = JobWatch(_settings().redis_url, [job.id for job in jobs], kind="submit")
+        publish_jobs(celery, jobs)
+
     try:
-        job = _store().submit(
-            tenant_id=current_principal().tenant_id,
-            job_type=job_type,
-            params=params,
-            total=total,
-            publish=lambda job: publish_job(celery, job),
+        jobs = _store().submit_many(tenant_id, new_jobs, publish=publish)
+        log.info(
+            "jobs queued" if len(jobs) > 1 else "job queued",
+            extra={
+                "job_id": str(jobs[0].id),
+                "job_type": JobType(jobs[0].type).value,
+                "jobs": len(jobs),
+            },
         )
+        if watch is not None:
+            jobs = watch.wait(
+                jobs, wait, lambda ids: _store().get_many(tenant_id, ids, vectors=True)
+            )
     except PublishFailed as exc:
-        log.error("job could not be queued", extra={"job_id": str(exc.job.id)}, exc_info=True)
+        job_ids = [str(job.id) for job in exc.jobs]
+        log.error("jobs could not be queued", extra={"job_id": job_ids[0]}, exc_info=True)
         raise ApiError(
             503,
             "broker_unavailable",
-            "the job queue is unavailable; the job was not queued, try again shortly",
-            details=[{"job_id": str(exc.job.id)}],
+            "the job queue is unavailable; nothing was queued, try again shortly",
+            details=[{"job_id": job_id} for job_id in job_ids],
             headers={"Retry-After": "5"},
         ) from exc
-    log.info("job queued", extra={"job_id": str(job.id), "job_type": job_type.value})
-    location = url_for("jobs.get_job", job_id=str(job.id))
-    return _job_response(JobOut.from_job(job), 202, Location=location)
+    finally:
+        if watch is not None:
+            watch.close()
+    return jobs
+
+
+def _wait_of(header: PreferHeader) -> int | None:
+    return preferred_wait([header.prefer] if header.prefer else [])
+
+
+def _submit_headers(wait: int | None) -> dict[str, str]:
+    headers = {"Vary": "Prefer"}
+    if wait is not None:
+        headers["Preference-Applied"] = f"wait={wait}"
+    return headers
+
+
+def _submit_one(new_job: NewJob, header: PreferHeader) -> tuple[Response, int, dict]:
+    wait = _wait_of(header)
+    (job,) = _submit([new_job], wait)
+    headers = _submit_headers(wait)
+    if is_final(job):
+        return _json(_job_out(job), 200, headers)
+    headers["Location"] = url_for("jobs.get_job", job_id=str(job.id))
+    return _json(_job_out(job), 202, headers)
 
 
 SUBMIT_RESPONSES = {
-    202: JobOut,
+    200: FinishedJobOut,
+    202: AcceptedJobOut,
     400: ErrorResponse,
     413: ErrorResponse,
     415: ErrorResponse,
@@ -94,18 +160,16 @@ SUBMIT_RESPONSES = {
 }
 
 
-@jobs_api.post("/embed", summary="Submit an embedding job", responses=SUBMIT_RESPONSES)
-def submit_embed(body: EmbedJobIn) -> tuple[Response, int, dict]:
-    """Embed up to the configured number of texts with all-MiniLM-L6-v2 (384 dimensions)."""
-    return _submit(JobType.EMBED, body.model_dump(), total=len(body.texts))
+def _embed_job(body: EmbedJobIn) -> NewJob:
+    return NewJob(JobType.EMBED, body.model_dump(exclude={"type"}), total=len(body.texts))
 
 
-def _summary_params(body: SummaryLengths) -> dict[str, Any]:
+def _summary_params(body: SummaryLengths, field_prefix: str = "") -> dict[str, Any]:
     """The lengths and the method that will run; 422 for t5 when none is configured."""
     try:
         method = choose_method(body.method, _settings().summarizer_model_path is not None)
     except T5NotConfigured as exc:
-        raise ApiError.invalid("method", str(exc), "t5_not_configured") from exc
+        raise ApiError.invalid(f"{field_prefix}method", str(exc), "t5_not_configured") from exc
     return {
         "method": method,
         "requested_method": body.method,
@@ -114,10 +178,35 @@ def _summary_params(body: SummaryLengths) -> dict[str, Any]:
     }
 
 
+def _summarize_job(body: SummarizeJobIn, field_prefix: str = "") -> NewJob:
+    params = {"text": body.text, **_summary_params(body, field_prefix)}
+    return NewJob(JobType.SUMMARIZE, params, total=1)
+
+
+def _conversation_job(body: ConversationJobIn, field_prefix: str = "") -> NewJob:
+    params = {
+        "conversation_id": body.conversation_id,
+        "user_id": body.user_id,
+        "messages": [message.model_dump() for message in body.messages],
+        "summarize": body.summarize,
+        "embed": body.embed,
+        **_summary_params(body, field_prefix),
+    }
+    return NewJob(
+        JobType.CONVERSATION, params, total=conversation_steps(body.summarize, body.embed)
+    )
+
+
+@jobs_api.post("/embed", summary="Submit an embedding job", responses=SUBMIT_RESPONSES)
+def submit_embed(body: EmbedJobIn, header: PreferHeader) -> tuple[Response, int, dict]:
+    """Embed up to the configured number of texts with all-MiniLM-L6-v2 (384 dimensions)."""
+    return _submit_one(_embed_job(body), header)
+
+
 @jobs_api.post("/summarize", summary="Submit a summarization job", responses=SUBMIT_RESPONSES)
-def submit_summarize(body: SummarizeJobIn) -> tuple[Response, int, dict]:
+def submit_summarize(body: SummarizeJobIn, header: PreferHeader) -> tuple[Response, int, dict]:
     """Summarise a text with T5 or extractively. Lengths are in tokens."""
-    return _submit(JobType.SUMMARIZE, {"text": body.text, **_summary_params(body)}, total=1)
+    return _submit_one(_summarize_job(body), header)
 
 
 @jobs_api.post(
@@ -125,7 +214,9 @@ def submit_summarize(body: SummarizeJobIn) -> tuple[Response, int, dict]:
     summary="Submit a conversation job",
     responses={**SUBMIT_RESPONSES, 409: ErrorResponse},
 )
-def submit_conversation(body: ConversationJobIn) -> tuple[Response, int, dict]:
+def submit_conversation(
+    body: ConversationJobIn, header: PreferHeader
+) -> tuple[Response, int, dict]:
     """Store the messages (appended to the conversation), summarise the whole
     conversation, and embed and index the new messages and the summary."""
     exists, owner = ConversationStore(_settings().database_url).user_of(
@@ -138,30 +229,107 @@ def submit_conversation(body: ConversationJobIn) -> tuple[Response, int, dict]:
             f"conversation {body.conversation_id!r} belongs to another user_id",
             details=[{"field": "user_id"}],
         )
-    params = {
-        "conversation_id": body.conversation_id,
-        "user_id": body.user_id,
-        "messages": [message.model_dump() for message in body.messages],
-        "summarize": body.summarize,
-        "embed": body.embed,
-        **_summary_params(body),
-    }
-    return _submit(
-        JobType.CONVERSATION, params, total=conversation_steps(body.summarize, body.embed)
+    return _submit_one(_conversation_job(body), header)
+
+
+def _batch_job(index: int, item: BatchItem) -> NewJob:
+    prefix = f"jobs.{index}."
+    if isinstance(item, EmbedBatchItem):
+        return _embed_job(item)
+    if isinstance(item, SummarizeBatchItem):
+        return _summarize_job(item, prefix)
+    return _conversation_job(item, prefix)
+
+
+def _ownership_errors(items: Sequence[tuple[int, ConversationJobIn]]) -> list[dict[str, Any]]:
+    """A conversation job whose user_id differs from its conversation's user, stored or
+    given by an earlier job of the batch, in one query."""
+    if not items:
+        return []
+    owners: dict[str, str | None] = ConversationStore(_settings().database_url).users_of(
+        current_principal().tenant_id, {item.conversation_id for _, item in items}
     )
+    errors = []
+    for index, item in items:
+        owner = owners.get(item.conversation_id)
+        if item.user_id is None:
+            continue
+        if owner is None:
+            owners[item.conversation_id] = item.user_id
+        elif owner != item.user_id:
+            errors.append(
+                {
+                    "field": f"jobs.{index}.user_id",
+                    "message": f"conversation {item.conversation_id!r} belongs to another user",
+                    "type": "conversation_user_mismatch",
+                }
+            )
+    return errors
 
 
-def _find_job(job_id: str) -> Job:
+@jobs_api.post(
+    "/batch",
+    summary="Submit jobs of any type in one request",
+    responses={**SUBMIT_RESPONSES, 200: FinishedBatchOut, 202: AcceptedBatchOut},
+)
+def submit_batch(body: BatchJobsIn, header: PreferHeader) -> tuple[Response, int, dict]:
+    """Up to 100 jobs, each the body of `POST /v1/jobs/<type>` with its `type`. All are
+    checked before any is accepted (422 naming `jobs.<index>.<field>`), then written in
+    one transaction and queued in one broker round trip. The jobs come back in order."""
+    new_jobs, errors = [], []
+    for index, item in enumerate(body.jobs):
+        try:
+            new_jobs.append(_batch_job(index, item))
+        except ApiError as exc:
+            errors.extend(exc.details)
+    errors += _ownership_errors(
+        [(i, item) for i, item in enumerate(body.jobs) if isinstance(item, ConversationBatchItem)]
+    )
+    if errors:
+        errors.sort(key=lambda error: int(error["field"].split(".")[1]))
+        raise ApiError(
+            422,
+            "validation_error",
+            "; ".join(f"{error['field']}: {error['message']}" for error in errors),
+            details=errors,
+        )
+    wait = _wait_of(header)
+    jobs = _submit(new_jobs, wait)
+    all_final = all(is_final(job) for job in jobs)
+    out = BatchJobsOut(jobs=[_job_out(job) for job in jobs])
+    return _json(out, 200 if all_final else 202, _submit_headers(wait))
+
+
+def _job_id(raw: str) -> uuid.UUID:
     try:
-        return _store().get(current_principal().tenant_id, parse_job_id(job_id))
+        return parse_job_id(raw)
     except JobNotFound as exc:
-        raise ApiError(404, "job_not_found", f"no job with id {job_id!r}") from exc
+        raise ApiError(404, "job_not_found", f"no job with id {raw!r}") from exc
+
+
+def _find_job(job_id: uuid.UUID) -> Row:
+    try:
+        return _store().get(current_principal().tenant_id, job_id)
+    except JobNotFound as exc:
+        raise ApiError(404, "job_not_found", f"no job with id {str(job_id)!r}") from exc
 
 
 @jobs_api.get("/<job_id>", summary="Get a job", responses={200: JobOut, 404: ErrorResponse})
-def get_job(path: JobPath) -> tuple[Response, int, dict]:
-    """The job's status, progress and, once it has succeeded, its result."""
-    return _job_response(JobOut.from_job(_find_job(path.job_id)), 200)
+def get_job(path: JobPath, query: JobQuery) -> tuple[Response, int, dict]:
+    """The job's status, progress and, once it has succeeded, its result. With `wait`,
+    a long poll: the answer comes once the job has ended, or after `wait` seconds."""
+    job_id = _job_id(path.job_id)
+    if query.wait is None:
+        job = _find_job(job_id)
+    else:
+        tenant_id = current_principal().tenant_id
+        with JobWatch(_settings().redis_url, [job_id], kind="poll") as watch:
+            (job,) = watch.wait(
+                [_find_job(job_id)],
+                query.wait,
+                lambda ids: _store().get_many(tenant_id, ids, vectors=True),
+            )
+    return _json(_job_out(job, query.encoding_format), 200, {})
 
 
 @jobs_api.get("", summary="List jobs", responses={200: JobListOut})
@@ -211,7 +379,7 @@ def cancel_job(path: JobPath) -> tuple[Response, int, dict]:
             details=[{"status": exc.job.status.value}],
         ) from exc
     _revoke(str(job.id))
-    return _job_response(JobOut.from_job(job), 200)
+    return _json(_job_out(job), 200, {})
 
 
 def _revoke(task_id: str) -> None:

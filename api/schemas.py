@@ -4,6 +4,8 @@ Limits come from the process's settings when the API starts, so the
 documented limits are the enforced ones.
 """
 
+import copy
+import functools
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
@@ -13,11 +15,17 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
+    field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from api.waiting import MAX_WAIT_SECONDS
 from config import get_settings
-from models import Job, JobStatus, JobType
+from models import JobStatus, JobType
+from services import vectors
+from services.vectors import EncodingFormat
 
 _limits = get_settings()
 
@@ -77,6 +85,12 @@ class EmbedJobIn(StrictInput):
     metadata: dict[MetadataKey, MetadataValue] = Field(
         default_factory=dict, max_length=32, description="Kept with the job."
     )
+    encoding_format: EncodingFormat = Field(
+        "float",
+        description="How the result's vectors are sent: lists of floats, or `base64` of their "
+        "little-endian float32 bytes (as OpenAI sends them). `GET /v1/jobs/<id>"
+        "?encoding_format=` overrides it.",
+    )
 
 
 class SummaryLengths(StrictInput):
@@ -120,8 +134,83 @@ class ConversationJobIn(SummaryLengths):
     embed: bool = Field(True, description="Embed and index the new messages and the summary.")
 
 
+# The job types of a batch: the discriminator of its items, never a field name.
+JOB_TYPE_TAGS = frozenset(job_type.value for job_type in JobType)
+
+
+class EmbedBatchItem(EmbedJobIn):
+    type: Literal["embed"]
+
+
+class SummarizeBatchItem(SummarizeJobIn):
+    type: Literal["summarize"]
+
+
+class ConversationBatchItem(ConversationJobIn):
+    type: Literal["conversation"]
+
+
+BatchItem = Annotated[
+    EmbedBatchItem | SummarizeBatchItem | ConversationBatchItem, Field(discriminator="type")
+]
+
+
+class BatchJobsIn(StrictInput):
+    jobs: list[BatchItem] = Field(
+        min_length=1,
+        max_length=_limits.max_jobs_per_batch,
+        description=f"1 to {_limits.max_jobs_per_batch} jobs, each the body of "
+        "`POST /v1/jobs/<type>` plus its `type`. All are checked before any is accepted.",
+        examples=[
+            [
+                {"type": "embed", "texts": ["How do I reset my password?"]},
+                {"type": "summarize", "text": "A long text. It goes on.", "method": "auto"},
+            ]
+        ],
+    )
+
+
+WAIT_DESCRIPTION = (
+    f"RFC 7240 preferences. `wait=N` (N ≤ {MAX_WAIT_SECONDS}; more counts as "
+    f"{MAX_WAIT_SECONDS}) holds the answer until "
+    "the job has ended, at most N seconds: 200 with the finished job, else 202 with its "
+    "state. Either way the answer carries `Preference-Applied: wait=N`. Other "
+    "preferences, and a `wait` that is not whole seconds, are ignored."
+)
+
+
+class PreferHeader(BaseModel):
+    prefer: str | None = Field(None, alias="Prefer", description=WAIT_DESCRIPTION)
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        # flask-openapi3 asks a header model for its JSON schema on every request
+        # it validates; building it took 6% of the API's CPU. It never changes.
+        return copy.deepcopy(_header_schema(cls, *args, **kwargs))
+
+
+@functools.cache
+def _header_schema(model: type[BaseModel], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    return super(PreferHeader, model).model_json_schema(*args, **kwargs)
+
+
 class JobPath(BaseModel):
     job_id: str = Field(description="The job's id (a UUID).")
+
+
+class JobQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    wait: int | None = Field(
+        None,
+        gt=0,
+        le=MAX_WAIT_SECONDS,
+        description="Long poll: answer once the job has ended, or after this many seconds "
+        f"(1 to {MAX_WAIT_SECONDS}) with its current state.",
+    )
+    encoding_format: EncodingFormat | None = Field(
+        None, description="The vectors' format, instead of the one the job was submitted with."
+    )
 
 
 class JobListQuery(BaseModel):
@@ -162,7 +251,7 @@ class JobSummaryOut(BaseModel):
     links: JobLinks
 
     @classmethod
-    def fields_of(cls, job: Job) -> dict[str, Any]:
+    def fields_of(cls, job: Any) -> dict[str, Any]:
         return {
             "id": str(job.id),
             "type": job.type,
@@ -179,7 +268,7 @@ class JobSummaryOut(BaseModel):
         }
 
     @classmethod
-    def from_job(cls, job: Job) -> "JobSummaryOut":
+    def from_job(cls, job: Any) -> "JobSummaryOut":
         return cls(**cls.fields_of(job))
 
 
@@ -189,8 +278,74 @@ class JobOut(JobSummaryOut):
     result: dict[str, Any] | None
 
     @classmethod
-    def from_job(cls, job: Job) -> "JobOut":
-        return cls(**cls.fields_of(job), result=job.result)
+    def from_job(cls, job: Any, encoding_format: EncodingFormat = "float") -> "JobOut":
+        return cls(**cls.fields_of(job), result=job_result(job, encoding_format))
+
+
+def job_result(job: Any, encoding_format: EncodingFormat) -> dict[str, Any] | None:
+    """The job's result, with the vectors it stored (as bytes) in the format asked for."""
+    result = job.result
+    if result is None:
+        return None
+    if job.vectors is not None and "dimensions" in result:
+        return {
+            **result,
+            "vectors": vectors.encode(job.vectors, result["dimensions"], encoding_format),
+        }
+    if encoding_format == "base64" and isinstance(result.get("vectors"), list):
+        # A result stored before vectors were kept as bytes.
+        packed = vectors.pack(result["vectors"])
+        return {**result, "vectors": vectors.as_base64(packed, result["dimensions"])}
+    return result
+
+
+class BatchJobsOut(BaseModel):
+    jobs: list[JobOut] = Field(description="The jobs, in the order they were sent.")
+
+
+# What the submit routes answer, documented with their headers.
+_STRING = {"type": "string"}
+_SUBMIT_HEADERS = {
+    "Preference-Applied": {
+        "description": "`wait=N` when the request's `Prefer: wait=N` was honoured.",
+        "schema": _STRING,
+    },
+    "Vary": {"description": "`Prefer`: the answer depends on it.", "schema": _STRING},
+}
+_ACCEPTED_HEADERS = {
+    **_SUBMIT_HEADERS,
+    "Location": {"description": "The job's URL, to poll.", "schema": _STRING},
+}
+_FINISHED = "The job ended within the `Prefer: wait` asked for."
+_ACCEPTED = "The job is queued (or still running at the end of `Prefer: wait`)."
+
+
+class FinishedJobOut(JobOut):
+    model_config = ConfigDict(openapi_extra={"description": _FINISHED, "headers": _SUBMIT_HEADERS})
+
+
+class AcceptedJobOut(JobOut):
+    model_config = ConfigDict(
+        openapi_extra={"description": _ACCEPTED, "headers": _ACCEPTED_HEADERS}
+    )
+
+
+class FinishedBatchOut(BatchJobsOut):
+    model_config = ConfigDict(
+        openapi_extra={
+            "description": "Every job ended within the `Prefer: wait` asked for.",
+            "headers": _SUBMIT_HEADERS,
+        }
+    )
+
+
+class AcceptedBatchOut(BatchJobsOut):
+    model_config = ConfigDict(
+        openapi_extra={
+            "description": "The jobs are queued (or some still run at the end of `Prefer: wait`).",
+            "headers": _SUBMIT_HEADERS,
+        }
+    )
 
 
 class JobPageLinks(BaseModel):
@@ -294,3 +449,106 @@ class QueueOut(BaseModel):
 
 class QueuesOut(BaseModel):
     queues: dict[str, QueueOut]
+
+
+# -- POST /v1/embeddings (OpenAI's shapes) -----------------------------------------
+
+_INPUT_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "minLength": 1, "maxLength": _limits.max_text_chars},
+        {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "maxLength": _limits.max_text_chars},
+            "minItems": 1,
+            "maxItems": _limits.max_texts_per_job,
+        },
+    ],
+    "description": f"A text, or a list of 1 to {_limits.max_texts_per_job} texts, each of 1 to "
+    f"{_limits.max_text_chars:,} characters. Token arrays are not accepted.",
+}
+
+
+def _is_token_array(value: Any) -> bool:
+    def is_int(item: Any) -> bool:
+        return isinstance(item, int) and not isinstance(item, bool)
+
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            is_int(item) or (isinstance(item, list) and item and all(map(is_int, item)))
+            for item in value
+        )
+    )
+
+
+class EmbeddingsIn(StrictInput):
+    """OpenAI's embeddings request."""
+
+    input: Annotated[list[Text], WithJsonSchema(_INPUT_SCHEMA)] = Field(
+        min_length=1, max_length=_limits.max_texts_per_job
+    )
+    model: str = Field(
+        min_length=1,
+        max_length=256,
+        description="The served model, `all-MiniLM-L6-v2` (or its hub name "
+        "`sentence-transformers/all-MiniLM-L6-v2`).",
+        examples=["all-MiniLM-L6-v2"],
+    )
+    encoding_format: EncodingFormat = Field(
+        "float",
+        description="`float` lists, or `base64` of each vector's little-endian float32 bytes.",
+    )
+    dimensions: int | None = Field(
+        None,
+        description=f"Accepted only as {_limits.embedding_dimensions}, the model's width: "
+        "the vectors are not shortened.",
+    )
+    user: str | None = Field(None, description="Accepted and ignored.")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _text_or_texts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [value]
+        if _is_token_array(value):
+            raise PydanticCustomError(
+                "token_input_unsupported",
+                "token arrays are not supported: send the text, as a string or a list of strings",
+            )
+        return value
+
+    @field_validator("dimensions")
+    @classmethod
+    def _served_dimensions(cls, value: int | None) -> int | None:
+        if value is not None and value != _limits.embedding_dimensions:
+            raise PydanticCustomError(
+                "dimensions_unsupported",
+                "the model makes {served}-dimensional vectors; send dimensions={served} "
+                "or leave it out",
+                {"served": _limits.embedding_dimensions},
+            )
+        return value
+
+
+class EmbeddingOut(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="Floats, or base64 with `base64`.")
+
+
+class EmbeddingsUsage(BaseModel):
+    prompt_tokens: int = Field(
+        description="Tokens the model read (special tokens included, each text truncated at "
+        "the model's window)."
+    )
+    total_tokens: int
+
+
+class EmbeddingsOut(BaseModel):
+    """OpenAI's embeddings response."""
+
+    object: Literal["list"] = "list"
+    data: list[EmbeddingOut]
+    model: str
+    usage: EmbeddingsUsage

@@ -7,10 +7,9 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from api.auth import current_principal, require_api_key
 from api.content import require_json_body
-from api.errors import ApiError, ErrorResponse
+from api.errors import ErrorResponse, gpu_pool_errors
 from api.schemas import SearchHitOut, SearchIn, SearchOut
-from services.search import QueryEmbeddingFailed, QueryEmbeddingTimeout, embed_query
-from vectorstore import get_memory_store
+from services import gpu_rpc
 
 log = logging.getLogger(__name__)
 
@@ -38,43 +37,31 @@ search_api.before_request(require_json_body)
     },
 )
 def search(body: SearchIn) -> tuple[Response, int]:
-    """Embed the query on the gpu pool (ahead of waiting jobs), then return the
-    tenant's nearest vectors, optionally filtered by user, conversation and kind."""
+    """Embed the query on the gpu pool (ahead of bulk work), then return the tenant's
+    nearest vectors, optionally filtered by user, conversation and kind."""
     settings = current_app.extensions["convoq.settings"]
-    try:
-        vector = embed_query(
-            current_app.extensions["celery"], body.query, timeout=settings.search_embed_timeout
+    with gpu_pool_errors("search", "query_embedding_timeout"):
+        reply = gpu_rpc.search(
+            settings.redis_url,
+            body.query,
+            tenant=str(current_principal().tenant_id),
+            top_k=body.top_k,
+            user_id=body.filter.user_id,
+            conversation_id=body.filter.conversation_id,
+            memory_kind=body.filter.kind,
+            timeout=settings.search_embed_timeout,
         )
-    except QueryEmbeddingTimeout as exc:
-        raise ApiError(
-            504,
-            "query_embedding_timeout",
-            f"{exc}: the gpu workers are busy or not running; try again",
-        ) from exc
-    except QueryEmbeddingFailed as exc:
-        log.error("query embedding failed", exc_info=True)
-        raise ApiError(
-            503, "query_embedding_failed", f"the query could not be embedded: {exc}"
-        ) from exc
-    hits = get_memory_store(settings).search(
-        str(current_principal().tenant_id),
-        vector,
-        top_k=body.top_k,
-        user_id=body.filter.user_id,
-        conversation_id=body.filter.conversation_id,
-        kind=body.filter.kind,
-    )
     body_out = SearchOut(
         hits=[
             SearchHitOut(
                 id=hit.id,
                 score=hit.score,
-                kind=hit.kind.value,
+                kind=hit.kind,
                 user_id=hit.user_id,
                 conversation_id=hit.conversation_id,
                 text=hit.text,
             )
-            for hit in hits
+            for hit in reply.hits
         ]
     )
     return jsonify(body_out.model_dump(mode="json")), 200

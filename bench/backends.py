@@ -32,8 +32,8 @@ from bench.throughput import text
 from inference.backends.choice import Backend
 from inference.backends.fidelity import APPROXIMATE, min_cosine
 from inference.embedder import Embedder, default_model_path
+from inference.loaders import backend_options
 from inference.t5 import T5Summarizer
-from services.models import backend_options
 
 BACKENDS: tuple[Backend, ...] = ("torch", "openvino", "onnx", "onnx-int8")
 BATCHES = (1, 16, 64)

@@ -21,7 +21,7 @@ import requests
 from config import Settings
 from devstack.stack import ROOT, LocalStack
 from services.tenants import create_api_key
-from tests.support import WorkerProcess, free_port, subprocess_env, wait_for
+from tests.support import GPU_POOL, WorkerProcess, free_port, subprocess_env, wait_for
 from vectorstore import get_memory_store
 
 # Clients poll as a polite client does: soon at first, then backing off.
@@ -47,6 +47,10 @@ class RunningStack:
     headers: dict[str, str]
     tenant_id: str
     log_dir: Path
+    # The processes, for benchmarks that measure them (their CPU, their metrics).
+    api_pid: int | None = None
+    gpu_worker: WorkerProcess | None = None
+    cpu_worker: WorkerProcess | None = None
 
 
 @contextmanager
@@ -88,7 +92,7 @@ def running_stack(
         cwd=ROOT, env=env, stdout=api_log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     env_of_workers = {**env, **(worker_env or {})}
-    workers = [WorkerProcess(env_of_workers, log_dir, queue="gpu", pool="solo")]
+    workers = [WorkerProcess(env_of_workers, log_dir, **GPU_POOL)]
     if cpu:
         workers.append(
             WorkerProcess(env_of_workers, log_dir, queue="cpu", pool="prefork", concurrency=2)
@@ -106,7 +110,14 @@ def running_stack(
 
         wait_for(up, 60, "the API")
         yield RunningStack(
-            settings, base, {"Authorization": f"Bearer {key}"}, str(tenant.tenant_id), log_dir
+            settings,
+            base,
+            {"Authorization": f"Bearer {key}"},
+            str(tenant.tenant_id),
+            log_dir,
+            api_pid=server.pid,
+            gpu_worker=workers[0],
+            cpu_worker=workers[1] if cpu else None,
         )
     finally:
         for worker in workers:

@@ -1,4 +1,21 @@
-"""gunicorn settings for the API: ``gunicorn -c config/gunicorn.py 'api:create_app()'``."""
+"""gunicorn settings for the API: ``gunicorn -c config/gunicorn.py 'api:create_app()'``.
+
+The workers are gevent workers (``API_WORKER_CLASS``): a request waiting for a
+job (``Prefer: wait``, ``?wait=``, up to 60 s) holds a greenlet, not a thread,
+so hundreds of them wait side by side while other requests are answered.
+gunicorn's gevent worker monkey-patches the standard library in each worker
+right after the fork, before it imports the app (``api``). Everything the app
+uses to wait on the network is therefore imported patched: redis-py and
+kombu's sockets, psycopg (which picks a gevent-friendly wait when it sees
+``select`` patched, at its import), and ``services.notify``'s listener thread
+and events, which become a greenlet and gevent events.
+
+So this file, which the master imports before forking, must import nothing
+that chooses how to block at import time: no psycopg, SQLAlchemy, redis or
+kombu, and not ``api``. (``tests/test_light_api.py`` checks it.) What it does
+import, pydantic and prometheus-client, creates thread locks only around code
+that never yields to another greenlet, which are safe unpatched.
+"""
 
 import os
 import shutil
@@ -18,12 +35,21 @@ _settings = get_settings()
 
 bind = _settings.api_bind
 workers = _settings.api_workers
-worker_class = "gthread"
+worker_class = _settings.api_worker_class
+# gevent: requests served at once per worker process (each waiting one holds a
+# greenlet of ~10 KB and a socket). gthread: threads per process.
+worker_connections = _settings.api_worker_connections
 threads = _settings.api_threads
-# A request never waits on a job, so anything this slow is stuck.
+# The worker's heartbeat to the master, not a per-request limit: a long poll
+# (at most 60 s) waits on an event while the worker keeps beating.
 timeout = 30
+# On a stop, requests still waiting for jobs are cut after this; their clients
+# poll again (the job is not lost).
 graceful_timeout = 10
 accesslog = None
+# gunicorn 27's control socket lives at one path per user (~/.gunicorn): every
+# gunicorn of the machine would share it. Nothing here uses it.
+control_socket_disable = True
 
 logconfig_dict = {
     "version": 1,

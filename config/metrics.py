@@ -20,6 +20,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -27,6 +28,10 @@ from prometheus_client import (
 from prometheus_client.registry import Collector
 
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# An unlabelled metric writes its sample file as it is defined, below: the
+# directory must exist before that.
+if os.environ.get(MULTIPROC_DIR_VARIABLE):
+    Path(os.environ[MULTIPROC_DIR_VARIABLE]).mkdir(parents=True, exist_ok=True)
 
 # From a 5 ms HTTP answer to a 10-minute job.
 SECONDS_BUCKETS = (
@@ -44,6 +49,12 @@ HTTP_REQUEST_SECONDS = Histogram(
     "Time to answer an HTTP request.",
     ["method", "route"],
     buckets=SECONDS_BUCKETS,
+)
+JOB_WAITS = Gauge(
+    "convoq_http_job_waits",
+    "HTTP requests waiting now for jobs to end: submits with Prefer: wait, and long polls.",
+    ["kind"],
+    multiprocess_mode="livesum",
 )
 JOBS_SUBMITTED = Counter(
     "convoq_jobs_submitted_total", "Jobs accepted (a row written), by type.", ["type"]
@@ -76,6 +87,11 @@ INFERENCE_BATCH_SIZE = Histogram(
     "Texts in one model call.",
     ["operation"],
     buckets=BATCH_SIZE_BUCKETS,
+)
+INFERENCE_CPU_SECONDS = Counter(
+    "convoq_inference_cpu_seconds",
+    "CPU time of the model: its thread and its runtime's threads (inference/model_cpu.py).",
+    ["backend"],
 )
 INFERENCE_SECONDS = Histogram(
     "convoq_inference_seconds",

@@ -81,6 +81,8 @@ class CelerySettings(BaseModel):
             "socket_timeout": 30,
         }
         config["broker_url"] = broker_url
+        # kombu's Redis transport, reusing its client objects (worker/transport.py).
+        config["broker_transport"] = "worker.transport:Transport"
         config["result_backend"] = broker_url
         config["broker_transport_options"] = transport_options
         config["result_backend_transport_options"] = transport_options
@@ -183,15 +185,27 @@ class Settings(BaseSettings):
     # POST /v1/search waits this long for the query's embedding (504 past it).
     search_embed_timeout: Annotated[float, Field(gt=0)] = 10.0
     max_top_k: PositiveInt = 100
+    # POST /v1/embeddings waits this long for the gpu pool's vectors (504 past it):
+    # room for a full request (MAX_TEXTS_PER_JOB long texts) on a CPU.
+    embeddings_timeout: Annotated[float, Field(gt=0)] = 30.0
+    # The served embedding model's width: what /v1/embeddings' `dimensions` must be.
+    embedding_dimensions: PositiveInt = 384
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    # gunicorn, for the API (config/gunicorn.py).
+    # gunicorn, for the API (config/gunicorn.py). "gevent": each worker process
+    # serves up to api_worker_connections requests at once, one greenlet each,
+    # so requests waiting on jobs (Prefer: wait, ?wait=, up to 60 s) cost a
+    # greenlet, not a thread. "gthread": api_threads requests at once per
+    # process; api_threads is read only by it.
     api_bind: str = "127.0.0.1:8000"
     api_workers: PositiveInt = 2
+    api_worker_class: Literal["gevent", "gthread"] = "gevent"
+    api_worker_connections: PositiveInt = 1000
     api_threads: PositiveInt = 4
 
     max_texts_per_job: PositiveInt = 256
+    max_jobs_per_batch: PositiveInt = 100
     max_text_chars: PositiveInt = 32_000
     max_messages_per_conversation: PositiveInt = 1_000
     max_body_bytes: PositiveInt = 4 * MiB

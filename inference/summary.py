@@ -9,7 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from inference.methods import Method
+from services.methods import Method
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,14 @@
 from models.audit import AuditLog
 from models.base import Base
 from models.conversation import Conversation, Message, Summary
-from models.job import ACTIVE_STATUSES, FINISHED_STATUSES, Job, JobStatus, JobType
+from models.job import (
+    ACTIVE_STATUSES,
+    FINISHED_STATUSES,
+    Job,
+    JobErrorCode,
+    JobStatus,
+    JobType,
+)
 from models.tenant import ApiKey, Tenant
 
 __all__ = [
@@ -14,6 +21,7 @@ __all__ = [
     "Base",
     "Conversation",
     "Job",
+    "JobErrorCode",
     "JobStatus",
     "JobType",
     "Message",

@@ -72,4 +72,6 @@ class Summary(Base):
     model: Mapped[str | None] = mapped_column(String(255))
     input_tokens: Mapped[int | None]
     output_tokens: Mapped[int | None]
+    chunks: Mapped[int | None]
+    backend: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = created_at_column()

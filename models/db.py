@@ -7,7 +7,7 @@ A forked process must not reuse its parent's connections, so workers call
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 _factories: dict[str, sessionmaker[Session]] = {}
@@ -36,6 +36,16 @@ def session_scope(database_url: str) -> Iterator[Session]:
     """A session whose work is committed on success and rolled back on error."""
     with _factory(database_url).begin() as session:
         yield session
+
+
+@contextmanager
+def transaction(database_url: str) -> Iterator[Connection]:
+    """A connection in a transaction, committed on success and rolled back on error.
+
+    For statements that need no ORM objects: cheaper than a session.
+    """
+    with get_engine(database_url).begin() as connection:
+        yield connection
 
 
 def dispose_engines() -> None:

@@ -5,7 +5,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Enum, ForeignKey, Index, String, Text, text
+from sqlalchemy import CheckConstraint, Enum, ForeignKey, Index, LargeBinary, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -24,6 +24,15 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
+
+
+class JobErrorCode(StrEnum):
+    """``error.code`` of a failed job: what went wrong, for people and for programs."""
+
+    INTERNAL_ERROR = "internal_error"
+    TIME_LIMIT_EXCEEDED = "time_limit_exceeded"
+    TOO_MANY_ATTEMPTS = "too_many_attempts"
+    BROKER_UNAVAILABLE = "broker_unavailable"
 
 
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -71,6 +80,9 @@ class Job(Base):
     )
     params: Mapped[dict[str, Any]] = mapped_column(JSONB)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # Vectors the job made, float32 little-endian, one row after the other:
+    # an embed job's result, or a conversation job's until its store step.
+    vectors: Mapped[bytes | None] = mapped_column(LargeBinary)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     progress_done: Mapped[int] = mapped_column(default=0)

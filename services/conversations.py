@@ -1,29 +1,39 @@
-"""Conversations in PostgreSQL, and the state the conversation pipeline carries.
+"""Conversations in PostgreSQL: the messages a conversation job stores, and what its
+later steps read back.
 
-The pipeline is a chain across the queues (``tasks.conversation``)::
+The pipeline (``tasks.conversation``) passes only the job's id from step to
+step::
 
     persist (cpu) ─► summarize (gpu) ─► embed (gpu) ─► store (cpu)
 
-Each step reads and returns a ``PipelineState``. Every write is idempotent,
-so a step delivered twice changes nothing: a job's messages are tagged with
-its id and stored once, summaries are unique per conversation and last
-message, and vectors have deterministic ids.
+Each step reads what it needs by that id: the job's messages are tagged with
+it, its summary is the conversation's summary up to its last message, and the
+vectors the embed step made wait on the job row. Every write is idempotent,
+so a step delivered twice changes nothing: a job's messages are stored once,
+summaries are unique per conversation and last message, and vectors have
+deterministic ids.
 """
 
 import uuid
+from collections import defaultdict
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
-from sqlalchemy import func, insert, select
+from sqlalchemy import Row, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from models import Conversation, Job, JobStatus, Message, Summary
-from models.db import session_scope
+from models.db import session_scope, transaction
+
+# What a summary row keeps of ``inference.summary.Summary``.
+SUMMARY_FIELDS = ("text", "method", "model", "input_tokens", "output_tokens", "chunks", "backend")
+SUMMARY_COLUMNS = tuple(getattr(Summary, name) for name in SUMMARY_FIELDS)
 
 
-class PipelineState(BaseModel):
-    """What one conversation job's steps hand each other through the broker."""
+@dataclass(frozen=True)
+class ConversationJob:
+    """One conversation job as its later steps see it: where its messages are."""
 
     job_id: uuid.UUID
     tenant_id: uuid.UUID
@@ -32,21 +42,15 @@ class PipelineState(BaseModel):
     user_id: str | None
     first_seq: int
     last_seq: int
-    summarize: bool
-    embed: bool
-    method: str
-    max_length: int
-    min_length: int
-    steps: int
-    done: int = 0
-    summary: dict[str, Any] | None = None
-    # One vector per new message, then the summary's when there is one.
-    vectors: list[list[float]] | None = None
+    params: dict[str, Any]
 
+    @property
+    def summarize(self) -> bool:
+        return bool(self.params["summarize"])
 
-def pipeline_message(state: PipelineState) -> dict[str, Any]:
-    """What one step of the chain passes to the next."""
-    return {"kind": "conversation", "state": state.model_dump(mode="json")}
+    @property
+    def embed(self) -> bool:
+        return bool(self.params["embed"])
 
 
 class ConversationNotFound(LookupError):
@@ -65,8 +69,8 @@ class ConversationStore:
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
 
-    def persist(self, job: Job, *, steps: int) -> PipelineState:
-        """Store the job's messages at the end of its conversation, once.
+    def persist(self, job: Row) -> tuple[int, int]:
+        """Store the job's messages at the end of its conversation, once; their seq range.
 
         The conversation row is locked while sequence numbers are handed out,
         so two jobs posting to one conversation append one after the other.
@@ -100,92 +104,140 @@ class ConversationStore:
                     Message.conversation_id == conversation_pk, Message.job_id == job.id
                 )
             ).one()
-            if seqs[0] is None:
-                last = session.scalar(
-                    select(func.coalesce(func.max(Message.seq), 0)).where(
-                        Message.conversation_id == conversation_pk
-                    )
-                )
-                session.execute(
-                    insert(Message),
-                    [
-                        {
-                            "conversation_id": conversation_pk,
-                            "seq": last + offset,
-                            "role": message["role"],
-                            "content": message["content"],
-                            "job_id": job.id,
-                        }
-                        for offset, message in enumerate(params["messages"], start=1)
-                    ],
-                )
-                seqs = (last + 1, last + len(params["messages"]))
-            return PipelineState(
-                job_id=job.id,
-                tenant_id=job.tenant_id,
-                conversation_pk=conversation_pk,
-                conversation_id=conversation.external_id,
-                user_id=conversation.user_id,
-                first_seq=seqs[0],
-                last_seq=seqs[1],
-                summarize=params["summarize"],
-                embed=params["embed"],
-                method=params["method"],
-                max_length=params["max_length"],
-                min_length=params["min_length"],
-                steps=steps,
-            )
-
-    def transcript(self, state: PipelineState) -> str:
-        """The conversation up to the job's last message, one ``role: content`` per line."""
-        with session_scope(self.database_url) as session:
-            rows = session.execute(
-                select(Message.role, Message.content)
-                .where(
-                    Message.conversation_id == state.conversation_pk,
-                    Message.seq <= state.last_seq,
-                )
-                .order_by(Message.seq)
-            )
-            return "\n".join(f"{role}: {content}" for role, content in rows)
-
-    def new_messages(self, state: PipelineState) -> list[str]:
-        with session_scope(self.database_url) as session:
-            return list(
-                session.scalars(
-                    select(Message.content)
-                    .where(
-                        Message.conversation_id == state.conversation_pk,
-                        Message.seq.between(state.first_seq, state.last_seq),
-                    )
-                    .order_by(Message.seq)
+            if seqs[0] is not None:
+                return seqs[0], seqs[1]
+            last = session.scalar(
+                select(func.coalesce(func.max(Message.seq), 0)).where(
+                    Message.conversation_id == conversation_pk
                 )
             )
-
-    def texts_to_embed(self, state: PipelineState) -> list[str]:
-        """The job's new messages, then its summary when it made one."""
-        texts = self.new_messages(state)
-        if state.summary is not None and state.summary["text"]:
-            texts.append(state.summary["text"])
-        return texts
-
-    def save_summary(self, state: PipelineState) -> None:
-        summary = state.summary
-        if summary is None:
-            return
-        values = {
-            "text": summary["text"],
-            "method": summary["method"],
-            "model": summary["model"],
-            "input_tokens": summary["input_tokens"],
-            "output_tokens": summary["output_tokens"],
-        }
-        with session_scope(self.database_url) as session:
             session.execute(
-                pg_insert(Summary)
-                .values(conversation_id=state.conversation_pk, upto_seq=state.last_seq, **values)
-                .on_conflict_do_update(index_elements=["conversation_id", "upto_seq"], set_=values)
+                insert(Message),
+                [
+                    {
+                        "conversation_id": conversation_pk,
+                        "seq": last + offset,
+                        "role": message["role"],
+                        "content": message["content"],
+                        "job_id": job.id,
+                    }
+                    for offset, message in enumerate(params["messages"], start=1)
+                ],
             )
+            return last + 1, last + len(params["messages"])
+
+    def jobs(self, jobs: Sequence[Row]) -> dict[uuid.UUID, ConversationJob]:
+        """Where the messages of each (persisted) job are, in one query."""
+        if not jobs:
+            return {}
+        by_id = {job.id: job for job in jobs}
+        with transaction(self.database_url) as connection:
+            rows = connection.execute(
+                select(
+                    Message.job_id,
+                    Conversation.id,
+                    Conversation.external_id,
+                    Conversation.user_id,
+                    func.min(Message.seq),
+                    func.max(Message.seq),
+                )
+                .join(Conversation, Conversation.id == Message.conversation_id)
+                .where(Message.job_id.in_(list(by_id)))
+                .group_by(Message.job_id, Conversation.id)
+            ).all()
+        return {
+            job_id: ConversationJob(
+                job_id=job_id,
+                tenant_id=by_id[job_id].tenant_id,
+                conversation_pk=pk,
+                conversation_id=external_id,
+                user_id=user_id,
+                first_seq=first,
+                last_seq=last,
+                params=by_id[job_id].params,
+            )
+            for job_id, pk, external_id, user_id, first, last in rows
+        }
+
+    def _messages(
+        self, jobs: Sequence[ConversationJob], *, whole: bool
+    ) -> dict[uuid.UUID, list[Row]]:
+        """Each job's new messages, or (``whole``) its conversation up to its last one."""
+        if not jobs:
+            return {}
+        by_conversation: dict[uuid.UUID, list[Row]] = defaultdict(list)
+        first = 1 if whole else min(job.first_seq for job in jobs)
+        with transaction(self.database_url) as connection:
+            rows = connection.execute(
+                select(Message.conversation_id, Message.seq, Message.role, Message.content)
+                .where(Message.conversation_id.in_({job.conversation_pk for job in jobs}))
+                .where(Message.seq.between(first, max(job.last_seq for job in jobs)))
+                .order_by(Message.conversation_id, Message.seq)
+            ).all()
+        for row in rows:
+            by_conversation[row.conversation_id].append(row)
+        return {
+            job.job_id: [
+                row
+                for row in by_conversation[job.conversation_pk]
+                if (whole or row.seq >= job.first_seq) and row.seq <= job.last_seq
+            ]
+            for job in jobs
+        }
+
+    def transcripts(self, jobs: Sequence[ConversationJob]) -> dict[uuid.UUID, str]:
+        """For each job, its conversation up to its last message, one ``role: content``
+        per line: what is summarised."""
+        return {
+            job_id: "\n".join(f"{row.role}: {row.content}" for row in rows)
+            for job_id, rows in self._messages(jobs, whole=True).items()
+        }
+
+    def new_messages(self, jobs: Sequence[ConversationJob]) -> dict[uuid.UUID, list[str]]:
+        return {
+            job_id: [row.content for row in rows]
+            for job_id, rows in self._messages(jobs, whole=False).items()
+        }
+
+    def save_summaries(self, summaries: Mapping[uuid.UUID, tuple[ConversationJob, dict]]) -> None:
+        """Upsert each job's summary (the values of ``inference.summary.Summary``)."""
+        if not summaries:
+            return
+        rows = [
+            {
+                "conversation_id": job.conversation_pk,
+                "upto_seq": job.last_seq,
+                **{name: summary[name] for name in SUMMARY_FIELDS},
+            }
+            for job, summary in summaries.values()
+        ]
+        statement = pg_insert(Summary).values(rows)
+        with transaction(self.database_url) as connection:
+            connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["conversation_id", "upto_seq"],
+                    set_={name: statement.excluded[name] for name in SUMMARY_FIELDS},
+                )
+            )
+
+    def summaries(self, jobs: Sequence[ConversationJob]) -> dict[uuid.UUID, dict[str, Any]]:
+        """The summary each job made (those that made one)."""
+        wanted = [job for job in jobs if job.summarize]
+        if not wanted:
+            return {}
+        with transaction(self.database_url) as connection:
+            rows = connection.execute(
+                select(Summary.conversation_id, Summary.upto_seq, *SUMMARY_COLUMNS).where(
+                    Summary.conversation_id.in_({job.conversation_pk for job in wanted})
+                )
+            ).all()
+        found = {(row.conversation_id, row.upto_seq): row for row in rows}
+        answer = {}
+        for job in wanted:
+            row = found.get((job.conversation_pk, job.last_seq))
+            if row is not None:
+                answer[job.job_id] = {name: getattr(row, name) for name in SUMMARY_FIELDS}
+        return answer
 
     def view(
         self, tenant_id: uuid.UUID, external_id: str, *, after_seq: int = 0, limit: int
@@ -227,6 +279,21 @@ class ConversationStore:
                 )
             ).first()
         return (row is not None, row[0] if row else None)
+
+    def users_of(
+        self, tenant_id: uuid.UUID, external_ids: Collection[str]
+    ) -> dict[str, str | None]:
+        """The user_id of each of these conversations of this tenant that exists, in one query."""
+        if not external_ids:
+            return {}
+        with session_scope(self.database_url) as session:
+            rows = session.execute(
+                select(Conversation.external_id, Conversation.user_id).where(
+                    Conversation.tenant_id == tenant_id,
+                    Conversation.external_id.in_(list(external_ids)),
+                )
+            ).all()
+        return {row.external_id: row.user_id for row in rows}
 
 
 def processing_status(view: ConversationView) -> str:

@@ -1,34 +1,38 @@
-"""Publishing a job's work: the task, or the chain of tasks, each job type runs."""
+"""Publishing jobs: each job's first task, carrying only the job's id.
 
-from celery import Celery, chain
+Many jobs are published in one broker round trip (kombu's publish batch: one
+Redis pipeline). Later steps of a conversation job are sent by the step
+before them (``tasks.conversation``), not here.
+"""
 
-from models import Job, JobType
+from collections.abc import Sequence
+
+from celery import Celery
+from sqlalchemy import Row
+
+from models import JobType
+from worker.messages import JobMessage, task_args
 from worker.queues import TaskName
+
+FIRST_TASK = {
+    JobType.EMBED: TaskName.EMBED,
+    JobType.SUMMARIZE: TaskName.SUMMARIZE,
+    JobType.CONVERSATION: TaskName.PERSIST_CONVERSATION,
+}
 
 
 def conversation_steps(summarize: bool, embed: bool) -> int:
-    """Steps of the conversation chain: persist, [summarize], [embed], store."""
+    """Steps of the conversation pipeline: persist, [summarize], [embed], store."""
     return 2 + int(summarize) + int(embed)
 
 
-def publish_job(celery: Celery, job: Job) -> None:
-    """Put the job's first task on its queue; its id is the job's id (for revoke)."""
-    job_id = str(job.id)
-    if job.type is JobType.EMBED:
-        celery.send_task(
-            TaskName.EMBED.value, args=[{"kind": "job", "job_id": job_id}], task_id=job_id
-        )
-    elif job.type is JobType.SUMMARIZE:
-        celery.send_task(
-            TaskName.SUMMARIZE.value, args=[{"kind": "job", "job_id": job_id}], task_id=job_id
-        )
-    else:
-        steps = [
-            celery.signature(TaskName.PERSIST_CONVERSATION.value, args=[job_id], immutable=True)
-        ]
-        if job.params["summarize"]:
-            steps.append(celery.signature(TaskName.SUMMARIZE.value))
-        if job.params["embed"]:
-            steps.append(celery.signature(TaskName.EMBED.value))
-        steps.append(celery.signature(TaskName.STORE_CONVERSATION.value))
-        chain(*steps).apply_async()
+def publish_jobs(celery: Celery, jobs: Sequence[Row]) -> None:
+    """Put each job's first task on its queue; the task id is the job's id (for revoke)."""
+    with celery.producer_or_acquire() as producer, producer.batch():
+        for job in jobs:
+            celery.send_task(
+                FIRST_TASK[JobType(job.type)].value,
+                args=task_args(JobMessage(job_id=job.id)),
+                task_id=str(job.id),
+                producer=producer,
+            )

@@ -9,23 +9,36 @@
 Each transition is one guarded ``UPDATE … WHERE status IN (…)``, so a job that
 has finished or been canceled never runs again, even when its task is
 delivered a second time, and two deliveries cannot both finish it.
+
+Every method takes many jobs at once where workers need it, in one statement:
+a batch of N jobs costs the same number of round trips as one job. Rows come
+back as SQLAlchemy ``Row`` objects with the ``jobs`` columns as attributes.
+Once a job reaches a final status, ``notify`` is told its id (after the
+commit): that is what wakes requests waiting for it.
 """
 
 import base64
 import binascii
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, Uuid, and_, any_, bindparam, func, insert, or_, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from config import metrics
-from models import ACTIVE_STATUSES, AuditLog, Job, JobStatus, JobType
-from models.db import session_scope
+from models import ACTIVE_STATUSES, AuditLog, Job, JobErrorCode, JobStatus, JobType
+from models.db import transaction
+
+JOBS = Job.__table__
+# Everything but the vectors, which only readers of results need.
+SUMMARY_COLUMNS = tuple(column for column in JOBS.c if column.name != "vectors")
+_FINISHED_COLUMNS = (JOBS.c.id, JOBS.c.type, JOBS.c.created_at, JOBS.c.finished_at)
+
+Notify = Callable[[Iterable[uuid.UUID]], None]
 
 
 class JobNotFound(LookupError):
@@ -33,7 +46,7 @@ class JobNotFound(LookupError):
 
 
 class JobAlreadyFinished(Exception):
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Row) -> None:
         super().__init__(f"job {job.id} already {job.status}")
         self.job = job
 
@@ -43,16 +56,25 @@ class InvalidCursor(ValueError):
 
 
 class PublishFailed(Exception):
-    """The job row was written but its task could not be put on the queue."""
+    """The job rows were written but their tasks could not be put on the queue."""
 
-    def __init__(self, job: Job, cause: BaseException) -> None:
-        super().__init__(f"could not queue job {job.id}: {cause}")
-        self.job = job
+    def __init__(self, jobs: Sequence[Row], cause: BaseException) -> None:
+        super().__init__(f"could not queue {len(jobs)} job(s): {cause}")
+        self.jobs = list(jobs)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job to submit: its type, its parameters and how many units of work it has."""
+
+    type: JobType
+    params: dict[str, Any]
+    total: int
 
 
 @dataclass(frozen=True)
 class JobPage:
-    jobs: Sequence[Job]
+    jobs: Sequence[Row]
     next_cursor: str | None
 
 
@@ -64,7 +86,7 @@ def parse_job_id(raw: str) -> uuid.UUID:
         raise JobNotFound(raw) from exc
 
 
-def encode_cursor(job: Job) -> str:
+def encode_cursor(job: Row) -> str:
     payload = json.dumps({"t": job.created_at.isoformat(), "id": str(job.id)})
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
@@ -78,25 +100,80 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidCursor("cursor is not one this API returned") from exc
 
 
-_FINISHED_COLUMNS = (Job.id, Job.type, Job.created_at, Job.finished_at)
+def _ids(job_ids: Iterable[uuid.UUID]) -> Any:
+    """``id = ANY(:ids)``: one array parameter, so the statement is the same for any
+    number of jobs (``IN`` is compiled anew for each length)."""
+    return JOBS.c.id == any_(bindparam("ids", list(job_ids), type_=ARRAY(Uuid)))
 
 
-def _observe_finished(rows: Sequence[Any], status: JobStatus) -> None:
-    # Rows come from the guarded UPDATE that made the transition: each job counts once.
-    for row in rows:
-        metrics.observe_finished(
-            JobType(row.type).value, status.value, row.created_at, row.finished_at
-        )
+def _active() -> Any:
+    return or_(*(JOBS.c.status == status.value for status in ACTIVE_STATUSES))
+
+
+def _running() -> Any:
+    return JOBS.c.status == JobStatus.RUNNING.value
+
+
+# One statement finishes many jobs, each with its own result: the values come
+# as parallel arrays, unnested into rows.
+_SUCCEED_MANY = text(
+    """
+    UPDATE jobs SET status = 'succeeded', result = v.result, vectors = v.vectors,
+        progress_done = jobs.progress_total, finished_at = now()
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:results AS jsonb[]), CAST(:vectors AS bytea[]))
+        AS v(id, result, vectors)
+    WHERE jobs.id = v.id AND jobs.status = 'running'
+    RETURNING jobs.id, jobs.type, jobs.created_at, jobs.finished_at
+    """
+)
+_SUCCEED_MANY_KEEPING_VECTORS = text(
+    """
+    UPDATE jobs SET status = 'succeeded', result = v.result,
+        progress_done = jobs.progress_total, finished_at = now()
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:results AS jsonb[])) AS v(id, result)
+    WHERE jobs.id = v.id AND jobs.status = 'running'
+    RETURNING jobs.id, jobs.type, jobs.created_at, jobs.finished_at
+    """
+)
+_STORE_VECTORS_MANY = text(
+    """
+    UPDATE jobs SET vectors = v.vectors
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:vectors AS bytea[])) AS v(id, vectors)
+    WHERE jobs.id = v.id AND jobs.status = 'running'
+    RETURNING jobs.id
+    """
+)
+_PROGRESS_MANY = text(
+    """
+    UPDATE jobs SET progress_done = v.done, progress_total = v.total
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:done AS int[]), CAST(:total AS int[]))
+        AS v(id, done, total)
+    WHERE jobs.id = v.id AND jobs.status = 'running'
+    RETURNING jobs.id
+    """
+)
 
 
 class JobStore:
     """Reads and status transitions of ``jobs`` rows, each in its own transaction."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, notify: Notify | None = None) -> None:
         self.database_url = database_url
+        self.notify = notify
 
-    def _session(self) -> Any:
-        return session_scope(self.database_url)
+    def _transaction(self) -> Any:
+        return transaction(self.database_url)
+
+    def _finished(self, rows: Sequence[Row], status: JobStatus) -> set[uuid.UUID]:
+        # Rows come from the guarded UPDATE that made the transition: each job counts once.
+        for row in rows:
+            metrics.observe_finished(
+                JobType(row.type).value, status.value, row.created_at, row.finished_at
+            )
+        ids = {row.id for row in rows}
+        if ids and self.notify is not None:
+            self.notify(ids)
+        return ids
 
     # -- submission -------------------------------------------------------
 
@@ -107,8 +184,8 @@ class JobStore:
         job_type: JobType,
         params: dict[str, Any],
         total: int,
-        publish: Callable[[Job], None],
-    ) -> Job:
+        publish: Callable[[Row], None],
+    ) -> Row:
         """Write the job row (``queued``), commit, then publish its task.
 
         The row is committed first so a worker can never receive a task whose
@@ -116,160 +193,221 @@ class JobStore:
         (``broker_unavailable``) and ``PublishFailed`` is raised, so nothing
         is left ``queued`` with no task behind it.
         """
-        with self._session() as session:
-            job = Job(
-                tenant_id=tenant_id,
-                type=job_type,
-                status=JobStatus.QUEUED,
-                params=params,
-                progress_total=total,
-            )
-            session.add(job)
-            session.flush()  # INSERT … RETURNING fills in created_at
-        metrics.JOBS_SUBMITTED.labels(type=JobType(job_type).value).inc()
-        try:
-            publish(job)
-        except Exception as exc:
-            self.fail(job.id, "broker_unavailable", "the job queue could not be reached")
-            raise PublishFailed(job, exc) from exc
+        (job,) = self.submit_many(
+            tenant_id,
+            [NewJob(job_type, params, total)],
+            publish=lambda jobs: publish(jobs[0]),
+        )
         return job
+
+    def submit_many(
+        self,
+        tenant_id: uuid.UUID,
+        new_jobs: Sequence[NewJob],
+        *,
+        publish: Callable[[Sequence[Row]], None],
+    ) -> list[Row]:
+        """``submit`` for many jobs: one INSERT, one commit, one ``publish`` call."""
+        with self._transaction() as connection:
+            jobs = connection.execute(
+                insert(JOBS).returning(*SUMMARY_COLUMNS, sort_by_parameter_order=True),
+                [
+                    {
+                        "id": uuid.uuid4(),
+                        "tenant_id": tenant_id,
+                        "type": new.type,
+                        "status": JobStatus.QUEUED,
+                        "params": new.params,
+                        "progress_total": new.total,
+                        "progress_done": 0,
+                        "attempts": 0,
+                    }
+                    for new in new_jobs
+                ],
+            ).all()
+        for job in jobs:
+            metrics.JOBS_SUBMITTED.labels(type=JobType(job.type).value).inc()
+        try:
+            publish(jobs)
+        except Exception as exc:
+            self.fail_many(
+                [job.id for job in jobs],
+                JobErrorCode.BROKER_UNAVAILABLE,
+                "the job queue could not be reached",
+            )
+            raise PublishFailed(jobs, exc) from exc
+        return jobs
 
     # -- worker-side transitions ------------------------------------------
 
-    def start(self, job_id: uuid.UUID, *, max_attempts: int) -> Job | None:
-        """Mark a job running and count the attempt; None if it must not run.
+    def start(self, job_id: uuid.UUID, *, max_attempts: int) -> Row | None:
+        """Mark a job running and count the attempt; None if it must not run."""
+        started = self.start_many({job_id: max_attempts})
+        return started[0] if started else None
+
+    def start_many(self, max_attempts: Mapping[uuid.UUID, int]) -> list[Row]:
+        """Mark the jobs running and count their attempts, in one statement; the rows
+        of those that may run.
 
         A job already ``running`` may start again: its worker died and the
-        broker delivered the task anew. One that has been delivered more than
-        ``max_attempts`` times is failed instead, since it keeps killing its
-        worker.
+        broker delivered the task anew. One started more than its
+        ``max_attempts`` is failed instead (``too_many_attempts``), since it
+        keeps killing its worker. A finished or canceled job is not returned.
         """
-        started = self.start_many([job_id])
-        if not started or self.fail_if_over_attempts(started[0], max_attempts):
-            return None
-        return started[0]
-
-    def fail_if_over_attempts(self, job: Job, max_attempts: int) -> bool:
-        """Fail a just-started job delivered more than ``max_attempts`` times; True if so."""
-        if job.attempts <= max_attempts:
-            return False
-        self.fail(
-            job.id,
-            "too_many_attempts",
-            f"the job was started {job.attempts - 1} times without finishing",
-        )
-        return True
-
-    def start_many(self, job_ids: Sequence[uuid.UUID]) -> list[Job]:
-        """Mark many jobs running in one statement (the gpu pool's batches).
-
-        Unlike ``start`` it leaves the attempt limit to the caller, since each
-        job's delivery carries its own retry count.
-        """
-        if not job_ids:
+        if not max_attempts:
             return []
-        with self._session() as session:
-            started = list(
-                session.scalars(
-                    update(Job)
-                    .where(Job.id.in_(job_ids), Job.status.in_(ACTIVE_STATUSES))
-                    .values(
-                        status=JobStatus.RUNNING,
-                        attempts=Job.attempts + 1,
-                        started_at=func.coalesce(Job.started_at, func.now()),
-                    )
-                    .returning(Job)
+        with self._transaction() as connection:
+            started = connection.execute(
+                update(JOBS)
+                .where(_ids(max_attempts), _active())
+                .values(
+                    status=JobStatus.RUNNING,
+                    attempts=JOBS.c.attempts + 1,
+                    started_at=func.coalesce(JOBS.c.started_at, func.now()),
                 )
-            )
+                .returning(*SUMMARY_COLUMNS)
+            ).all()
         for job in started:
             if job.attempts == 1:
                 wait = (job.started_at - job.created_at).total_seconds()
                 metrics.JOB_QUEUE_WAIT.labels(type=JobType(job.type).value).observe(max(0.0, wait))
-        return started
+        over = [job for job in started if job.attempts > max_attempts[job.id]]
+        for job in over:
+            self.fail(
+                job.id,
+                JobErrorCode.TOO_MANY_ATTEMPTS,
+                f"the job was started {job.attempts - 1} times without finishing",
+            )
+        return [job for job in started if job not in over]
 
-    def succeed_many(self, results: dict[uuid.UUID, dict[str, Any]]) -> set[uuid.UUID]:
-        """``succeed`` for many jobs in one transaction; the ids that were stored."""
+    def running_many(self, job_ids: Sequence[uuid.UUID]) -> list[Row]:
+        """Those of the jobs that are running, vectors included (the last step reads them)."""
+        if not job_ids:
+            return []
+        with self._transaction() as connection:
+            return connection.execute(select(*JOBS.c).where(_ids(job_ids), _running())).all()
+
+    def resume_many(
+        self,
+        job_ids: Sequence[uuid.UUID],
+        *,
+        done: int | None = None,
+        steps_left: int | None = None,
+    ) -> list[Row]:
+        """The rows of those of the jobs still running, for their next step (vectors a
+        previous step made included), whose progress becomes ``done`` steps, or all
+        but ``steps_left``."""
+        if not job_ids:
+            return []
+        if done is not None:
+            progress: Any = done
+        elif steps_left is not None:
+            progress = func.greatest(JOBS.c.progress_total - steps_left, 0)
+        else:
+            progress = JOBS.c.progress_done
+        with self._transaction() as connection:
+            return connection.execute(
+                update(JOBS)
+                .where(_ids(job_ids), _running())
+                .values(progress_done=progress)
+                .returning(*JOBS.c)
+            ).all()
+
+    def report_progress(self, progress: Mapping[uuid.UUID, tuple[int, int]]) -> set[uuid.UUID]:
+        """Record ``(done, total)`` of running jobs; the ids still running (not canceled)."""
+        if not progress:
+            return set()
+        ids = list(progress)
+        with self._transaction() as connection:
+            rows = connection.execute(
+                _PROGRESS_MANY,
+                {
+                    "ids": ids,
+                    "done": [progress[i][0] for i in ids],
+                    "total": [progress[i][1] for i in ids],
+                },
+            ).all()
+        return {row.id for row in rows}
+
+    def store_vectors(self, vectors: Mapping[uuid.UUID, bytes]) -> set[uuid.UUID]:
+        """Keep what a step made for the next one, on running jobs; the ids stored."""
+        if not vectors:
+            return set()
+        ids = list(vectors)
+        with self._transaction() as connection:
+            rows = connection.execute(
+                _STORE_VECTORS_MANY, {"ids": ids, "vectors": [vectors[i] for i in ids]}
+            ).all()
+        return {row.id for row in rows}
+
+    def succeed_many(
+        self,
+        results: Mapping[uuid.UUID, dict[str, Any]],
+        vectors: Mapping[uuid.UUID, bytes | None] | None = None,
+    ) -> set[uuid.UUID]:
+        """Store the results of running jobs, in one statement; the ids stored.
+
+        ``vectors`` replaces what the rows hold (``None`` for a job clears it);
+        without it, vectors an earlier step stored stay. A job canceled
+        meanwhile keeps no result.
+        """
         if not results:
             return set()
-        finished = []
-        with self._session() as session:
-            for job_id, result in results.items():
-                row = session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-                    .values(
-                        status=JobStatus.SUCCEEDED,
-                        result=result,
-                        progress_done=Job.progress_total,
-                        finished_at=func.now(),
-                    )
-                    .returning(*_FINISHED_COLUMNS)
-                ).one_or_none()
-                if row is not None:
-                    finished.append(row)
-        _observe_finished(finished, JobStatus.SUCCEEDED)
-        return {row.id for row in finished}
-
-    def fail_many(self, job_ids: Sequence[uuid.UUID], code: str, message: str) -> set[uuid.UUID]:
-        """``fail`` for many jobs in one statement; the ids that were failed."""
-        if not job_ids:
-            return set()
-        with self._session() as session:
-            finished = session.execute(
-                update(Job)
-                .where(Job.id.in_(job_ids), Job.status.in_(ACTIVE_STATUSES))
-                .values(
-                    status=JobStatus.FAILED,
-                    error_code=code,
-                    error_message=message[:2000],
-                    finished_at=func.now(),
-                )
-                .returning(*_FINISHED_COLUMNS)
-            ).all()
-        _observe_finished(finished, JobStatus.FAILED)
-        return {row.id for row in finished}
-
-    def report_progress(self, job_id: uuid.UUID, done: int, total: int) -> bool:
-        """Record progress; False when the job is no longer running (canceled)."""
-        with self._session() as session:
-            changed = session.scalar(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-                .values(progress_done=done, progress_total=total)
-                .returning(Job.id)
-            )
-        return changed is not None
+        ids = list(results)
+        values: dict[str, Any] = {"ids": ids, "results": [json.dumps(results[i]) for i in ids]}
+        statement = _SUCCEED_MANY_KEEPING_VECTORS
+        if vectors is not None:
+            statement, values["vectors"] = _SUCCEED_MANY, [vectors.get(i) for i in ids]
+        with self._transaction() as connection:
+            rows = connection.execute(statement, values).all()
+        return self._finished(rows, JobStatus.SUCCEEDED)
 
     def succeed(self, job_id: uuid.UUID, result: dict[str, Any]) -> bool:
         """Store the result of a running job; False if it was canceled meanwhile."""
         return job_id in self.succeed_many({job_id: result})
 
-    def fail(self, job_id: uuid.UUID, code: str, message: str) -> bool:
-        """Fail a queued or running job with an error code and message."""
+    def fail_many(
+        self, job_ids: Iterable[uuid.UUID], code: JobErrorCode | str, message: str
+    ) -> set[uuid.UUID]:
+        """Fail queued or running jobs with an error code and message, in one statement."""
+        job_ids = list(job_ids)
+        if not job_ids:
+            return set()
+        with self._transaction() as connection:
+            rows = connection.execute(
+                update(JOBS)
+                .where(_ids(job_ids), _active())
+                .values(
+                    status=JobStatus.FAILED,
+                    error_code=str(code),
+                    error_message=message[:2000],
+                    finished_at=func.now(),
+                )
+                .returning(*_FINISHED_COLUMNS)
+            ).all()
+        return self._finished(rows, JobStatus.FAILED)
+
+    def fail(self, job_id: uuid.UUID, code: JobErrorCode | str, message: str) -> bool:
         return job_id in self.fail_many([job_id], code, message)
 
     # -- caller-side ------------------------------------------------------
 
-    def cancel(self, tenant_id: uuid.UUID, job_id: uuid.UUID, *, actor: str) -> Job:
+    def cancel(self, tenant_id: uuid.UUID, job_id: uuid.UUID, *, actor: str) -> Row:
         """Cancel a queued or running job of this tenant.
 
         Raises ``JobNotFound`` for an unknown job and ``JobAlreadyFinished``
         once it has succeeded, failed or been canceled.
         """
-        with self._session() as session:
-            job = session.scalar(
-                update(Job)
-                .where(
-                    Job.id == job_id,
-                    Job.tenant_id == tenant_id,
-                    Job.status.in_(ACTIVE_STATUSES),
-                )
+        with self._transaction() as connection:
+            job = connection.execute(
+                update(JOBS)
+                .where(JOBS.c.id == job_id, JOBS.c.tenant_id == tenant_id, _active())
                 .values(status=JobStatus.CANCELED, finished_at=func.now())
-                .returning(Job)
-            )
+                .returning(*SUMMARY_COLUMNS)
+            ).one_or_none()
             if job is not None:
-                session.add(
-                    AuditLog(
+                connection.execute(
+                    insert(AuditLog.__table__).values(
                         tenant_id=tenant_id,
                         actor=actor,
                         action="job.cancel",
@@ -279,33 +417,26 @@ class JobStore:
                 )
         if job is None:
             raise JobAlreadyFinished(self.get(tenant_id, job_id))
-        _observe_finished([job], JobStatus.CANCELED)
+        self._finished([job], JobStatus.CANCELED)
         return job
 
-    def running(self, job_id: uuid.UUID) -> Job | None:
-        """The job, if it is running (a later step of a job checks before its work)."""
-        jobs = self.running_many([job_id])
-        return jobs[0] if jobs else None
-
-    def running_many(self, job_ids: Sequence[uuid.UUID]) -> list[Job]:
-        """Those of the jobs that are running."""
-        with self._session() as session:
-            return list(
-                session.scalars(
-                    select(Job).where(Job.id.in_(job_ids), Job.status == JobStatus.RUNNING)
-                )
-            )
-
-    def get(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
-        with self._session() as session:
-            return self._get(session, tenant_id, job_id)
-
-    @staticmethod
-    def _get(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
-        job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
-        if job is None:
+    def get(self, tenant_id: uuid.UUID, job_id: uuid.UUID, *, vectors: bool = True) -> Row:
+        jobs = self.get_many(tenant_id, [job_id], vectors=vectors)
+        if not jobs:
             raise JobNotFound(str(job_id))
-        return job
+        return jobs[0]
+
+    def get_many(
+        self, tenant_id: uuid.UUID, job_ids: Sequence[uuid.UUID], *, vectors: bool = True
+    ) -> list[Row]:
+        """This tenant's jobs among ``job_ids``, in that order (unknown ones left out)."""
+        columns = JOBS.c if vectors else SUMMARY_COLUMNS
+        with self._transaction() as connection:
+            rows = connection.execute(
+                select(*columns).where(_ids(job_ids), JOBS.c.tenant_id == tenant_id)
+            ).all()
+        by_id = {row.id: row for row in rows}
+        return [by_id[job_id] for job_id in job_ids if job_id in by_id]
 
     def list(
         self,
@@ -317,43 +448,27 @@ class JobStore:
         limit: int,
     ) -> JobPage:
         """The tenant's jobs, newest first, ``limit`` at a time."""
-        conditions: list[ColumnElement[bool]] = [Job.tenant_id == tenant_id]
+        conditions = [JOBS.c.tenant_id == tenant_id]
         if status is not None:
-            conditions.append(Job.status == status)
+            conditions.append(JOBS.c.status == status)
         if job_type is not None:
-            conditions.append(Job.type == job_type)
+            conditions.append(JOBS.c.type == job_type)
         if cursor is not None:
             created_at, last_id = decode_cursor(cursor)
             conditions.append(
                 or_(
-                    Job.created_at < created_at,
-                    and_(Job.created_at == created_at, Job.id < last_id),
+                    JOBS.c.created_at < created_at,
+                    and_(JOBS.c.created_at == created_at, JOBS.c.id < last_id),
                 )
             )
         query = (
-            select(Job)
+            select(*SUMMARY_COLUMNS)
             .where(*conditions)
-            .order_by(Job.created_at.desc(), Job.id.desc())
-            .limit(limit + 1)
+            .order_by(JOBS.c.created_at.desc(), JOBS.c.id.desc())
+            .limit(bindparam("limit", limit + 1))
         )
-        with self._session() as session:
-            jobs = list(session.scalars(query))
+        with self._transaction() as connection:
+            jobs = connection.execute(query).all()
         has_more = len(jobs) > limit
         jobs = jobs[:limit]
         return JobPage(jobs=jobs, next_cursor=encode_cursor(jobs[-1]) if has_more else None)
-
-
-class JobCanceled(Exception):
-    """Raised inside a running job once its row says it was canceled."""
-
-
-class ProgressReporter:
-    """Writes ``done``/``total`` on the job row; stops the work if it was canceled."""
-
-    def __init__(self, store: JobStore, job_id: uuid.UUID) -> None:
-        self.store = store
-        self.job_id = job_id
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.store.report_progress(self.job_id, done, total):
-            raise JobCanceled(str(self.job_id))

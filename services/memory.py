@@ -7,14 +7,13 @@ job or conversation step twice overwrites, never duplicates.
 from collections.abc import Sequence
 from typing import Any
 
-from models import Job
-from services.conversations import PipelineState
+from sqlalchemy import Row
+
+from services.conversations import ConversationJob
 from vectorstore import MemoryKind, MemoryRecord, memory_id
 
 
-def embed_job_records(
-    job: Job, texts: Sequence[str], vectors: Sequence[Sequence[float]]
-) -> list[MemoryRecord]:
+def embed_job_records(job: Row, vectors: Sequence[Sequence[float]]) -> list[MemoryRecord]:
     """One ``text`` record per text of an embed job that asked for ``store``."""
     params: dict[str, Any] = job.params
     return [
@@ -28,42 +27,47 @@ def embed_job_records(
             vector=vector,
             metadata=params.get("metadata") or {},
         )
-        for position, (text, vector) in enumerate(zip(texts, vectors, strict=True))
+        for position, (text, vector) in enumerate(zip(params["texts"], vectors, strict=True))
     ]
 
 
-def conversation_records(state: PipelineState, messages: Sequence[str]) -> list[MemoryRecord]:
+def conversation_records(
+    job: ConversationJob,
+    messages: Sequence[str],
+    summary: dict[str, Any] | None,
+    vectors: Sequence[Sequence[float]],
+) -> list[MemoryRecord]:
     """A ``message`` record per new message and one ``summary`` record per conversation.
 
-    The summary's id depends only on the conversation, so a new summary
-    replaces the last one in the index.
+    ``vectors`` holds one vector per message, then the summary's when it was
+    embedded. The summary's id depends only on the conversation, so a new
+    summary replaces the last one in the index.
     """
-    assert state.vectors is not None
-    source = f"conversation:{state.conversation_id}"
+    source = f"conversation:{job.conversation_id}"
     common = {
-        "tenant": str(state.tenant_id),
-        "user_id": state.user_id,
-        "conversation_id": state.conversation_id,
+        "tenant": str(job.tenant_id),
+        "user_id": job.user_id,
+        "conversation_id": job.conversation_id,
     }
     records = [
         MemoryRecord(
-            id=memory_id(str(state.tenant_id), f"{source}:message", seq),
+            id=memory_id(str(job.tenant_id), f"{source}:message", seq),
             kind=MemoryKind.MESSAGE,
             text=text,
             vector=vector,
             **common,
         )
         for seq, text, vector in zip(
-            range(state.first_seq, state.last_seq + 1), messages, state.vectors, strict=False
+            range(job.first_seq, job.last_seq + 1), messages, vectors, strict=False
         )
     ]
-    if state.summary is not None and state.summary["text"] and len(state.vectors) > len(messages):
+    if summary is not None and summary["text"] and len(vectors) > len(messages):
         records.append(
             MemoryRecord(
-                id=memory_id(str(state.tenant_id), f"{source}:summary", 0),
+                id=memory_id(str(job.tenant_id), f"{source}:summary", 0),
                 kind=MemoryKind.SUMMARY,
-                text=state.summary["text"],
-                vector=state.vectors[len(messages)],
+                text=summary["text"],
+                vector=vectors[len(messages)],
                 **common,
             )
         )

@@ -1,63 +1,97 @@
-"""Batched tasks: the gpu pool serves many requests in one forward pass.
+"""Batched tasks: the gpu pool serves many messages in one call (celery-batches).
 
-A batched task buffers the messages its worker has reserved (celery-batches)
-and hands them over as one list when ``flush_every`` are waiting or
-``flush_interval`` seconds have passed. Messages are acknowledged only after
-the batch function returns, so a worker killed mid-batch has every message
-of the batch delivered again.
+A batched task buffers the messages its worker has reserved and hands them
+over as one list when ``flush_every`` are waiting or ``flush_interval``
+seconds have passed. The gpu worker runs Celery's threads pool, so while one
+batch waits for its forward passes the worker goes on receiving messages and
+the next batch starts beside it; the model itself runs on one thread
+(``inference.scheduler``), which interleaves the batches' texts fairly.
 
-celery-batches acknowledges every message even when the batch function
-raises, so the function given here must settle each request itself: store
-its result, fail its job, or ``requeue`` it. Whatever still escapes is caught
-below and every request of the batch is put back on the queue.
+Messages are acknowledged only after the batch function returns, so a worker
+killed mid-batch has every message of the batch delivered again. celery-batches
+acknowledges every message even when the batch function raises, so the
+function must settle each delivery itself: store its result, fail its job, or
+``requeue`` it. Whatever still escapes is caught here and every delivery of the
+batch is put back on the queue, at most ``MAX_BATCH_FAILURES`` times.
 """
 
 import logging
 import random
-from collections.abc import Callable, Collection, Sequence
-from contextvars import ContextVar
-from functools import partial
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
 
-from celery import Celery, Task, shared_task, signature
-from celery.worker.request import Request
+from celery import Celery, Task, shared_task
 from celery_batches import Batches, SimpleRequest
 
+from worker.messages import (
+    MalformedMessage,
+    Message,
+    StepMessage,
+    job_ids_of,
+    read_message,
+    task_args,
+)
 from worker.queues import TASK_QUEUES, TaskName
-from worker.timelimits import time_limits
 
 log = logging.getLogger(__name__)
 
-
-class ChainingBatches(Batches):
-    """Batches whose requests keep their canvas (chain, callbacks) for ``continue_chain``.
-
-    A request's chain travels in the message body, and a worker's request
-    copies it into ``request_dict`` only when it traces the task itself,
-    which a batch never does; so it is copied here, from the same payload
-    celery-batches reads the arguments from.
-    """
-
-    abstract = True
-
-    def flush(self, requests: Collection[Request]) -> Any:
-        for request in requests:
-            _, _, embed = request._payload
-            request.request_dict.update(embed or {})
-        return super().flush(requests)
-
-
-BatchWork = Callable[[Task, Sequence[SimpleRequest]], None]
-HardTimeoutHandler = Callable[[Sequence[SimpleRequest], float], None]
-
 MAX_REQUEUE_DELAY = 60.0
 # A batch that fails in an unforeseen way is retried this many times, then
-# its requests are dropped: a poison message must not loop for ever.
+# its deliveries are dropped: a poison message must not loop for ever.
 MAX_BATCH_FAILURES = 3
-KINDS = frozenset({"job", "query", "conversation"})
-# The ids ``requeue`` published again during the batch being run.
-_REQUEUED: ContextVar[set[str] | None] = ContextVar("requeued", default=None)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message of a batch, read."""
+
+    request: SimpleRequest
+    message: Message
+
+    @property
+    def job_id(self) -> uuid.UUID:
+        (job_id,) = job_ids_of(self.message)
+        return job_id
+
+    @property
+    def retries(self) -> int:
+        return int((self.request.request_dict or {}).get("retries") or 0)
+
+
+class Batch:
+    """The deliveries of one batch, by job; what it sends next, and what it put back."""
+
+    def __init__(self, task: Task, deliveries: Sequence[Delivery]) -> None:
+        self.task = task
+        self.by_job = {d.job_id: d for d in deliveries}
+        self.requeued: set[str] = set()
+
+    def retries_of(self, kind: type[Message]) -> dict[uuid.UUID, int]:
+        """``{job id: retries}`` of the deliveries whose message is of ``kind``."""
+        return {
+            job_id: d.retries for job_id, d in self.by_job.items() if isinstance(d.message, kind)
+        }
+
+    def requeue(self, job_ids: Iterable[uuid.UUID] | None = None) -> None:
+        """Put the jobs' deliveries (all, by default) back on the queue, with a backoff."""
+        for job_id in self.by_job if job_ids is None else job_ids:
+            delivery = self.by_job[job_id]
+            requeue(self.task.app, delivery)
+            self.requeued.add(delivery.request.id)
+
+    def send_next(self, step: TaskName, job_ids: Iterable[uuid.UUID]) -> None:
+        """Send each job's next step; one that cannot be sent runs this step again later."""
+        for job_id in job_ids:
+            try:
+                self.task.app.send_task(step.value, args=task_args(StepMessage(job_id=job_id)))
+            except Exception:
+                log.warning("could not send the next step; queued again", exc_info=True)
+                self.requeue([job_id])
+
+
+BatchWork = Callable[[Task, Sequence[Delivery]], set[str]]
 
 
 def batch_task(
@@ -65,46 +99,36 @@ def batch_task(
     *,
     flush_every: int,
     flush_interval: float,
-    on_hard_timeout: HardTimeoutHandler | None = None,
-    on_give_up: Callable[[Sequence[SimpleRequest]], None] | None = None,
+    on_give_up: Callable[[Sequence[Delivery]], None],
 ) -> Callable[[BatchWork], Task]:
-    """Declare a batched task; ``work(task, requests)`` settles every request.
-
-    ``on_hard_timeout(requests, seconds)`` runs before a solo worker ends at
-    the hard time limit; ``on_give_up(requests)`` when requests are dropped
-    after repeated unforeseen failures.
-    """
+    """Declare a batched task. ``work(task, deliveries)`` settles every delivery and
+    returns the ids of the requests it put back on the queue; ``on_give_up`` is
+    called with deliveries dropped after repeated unforeseen failures."""
 
     def decorator(work: BatchWork) -> Task:
         def run(task: Task, requests: Sequence[SimpleRequest]) -> None:
-            requests = [r for r in requests if _well_formed(r)]
-            conf = task.app.conf
-            hard = conf.task_time_limit
-            handler = partial(on_hard_timeout or _ignore, requests, hard)
-            requeued: set[str] = set()
-            exhausted: list[SimpleRequest] = []
-            token = _REQUEUED.set(requeued)
+            deliveries = [d for r in requests if (d := _read(r)) is not None]
             started = perf_counter()
-            with time_limits(conf.task_soft_time_limit, hard, on_hard_timeout=handler):
-                try:
-                    work(task, requests)
-                except Exception:
-                    log.exception("batch failed; its requests are queued again")
-                    exhausted = [r for r in requests if retries_of(r) >= MAX_BATCH_FAILURES]
-                    for request in requests:
-                        if request not in exhausted:
-                            requeue(task.app, request)
-                    if exhausted and on_give_up is not None:
-                        on_give_up(exhausted)
-                finally:
-                    _REQUEUED.reset(token)
-            _announce(task, requests, requeued, exhausted, perf_counter() - started)
+            requeued: set[str] = set()
+            given_up: list[Delivery] = []
+            try:
+                requeued = work(task, deliveries)
+            except Exception:
+                log.exception("batch failed; its requests are queued again")
+                given_up = [d for d in deliveries if d.retries >= MAX_BATCH_FAILURES]
+                for delivery in deliveries:
+                    if delivery not in given_up:
+                        requeue(task.app, delivery)
+                        requeued.add(delivery.request.id)
+                if given_up:
+                    on_give_up(given_up)
+            _announce(task, deliveries, requeued, given_up, perf_counter() - started)
 
         run.__name__, run.__qualname__, run.__doc__ = work.__name__, work.__qualname__, work.__doc__
         run.__module__ = work.__module__
         return shared_task(
             name=name.value,
-            base=ChainingBatches,
+            base=Batches,
             bind=True,
             queue=TASK_QUEUES[name].value,
             ignore_result=True,
@@ -115,85 +139,58 @@ def batch_task(
     return decorator
 
 
+def _read(request: SimpleRequest) -> Delivery | None:
+    """The request's message; anything that is not one of ours is dropped."""
+    try:
+        return Delivery(request, read_message(request.args))
+    except MalformedMessage as exc:
+        log.error(
+            "malformed request dropped",
+            extra={"task_id": request.id, "task": request.name, "error": str(exc)[:500]},
+        )
+        return None
+
+
 def _announce(
     task: Task,
-    requests: Sequence[SimpleRequest],
+    deliveries: Sequence[Delivery],
     requeued: set[str],
-    given_up: Sequence[SimpleRequest],
+    given_up: Sequence[Delivery],
     runtime: float,
 ) -> None:
     """Send each request's outcome as a task event, as the worker does for an
     ordinary task, so Flower shows batched requests finishing."""
-    if not requests or not task.app.conf.worker_send_task_events:
+    if not deliveries or not task.app.conf.worker_send_task_events:
         return
-    dropped = {r.id for r in given_up}
+    dropped = {d.request.id for d in given_up}
     try:
-        with task.app.events.default_dispatcher(hostname=requests[0].hostname) as events:
-            for request in requests:
-                if request.id in dropped:
-                    events.send("task-failed", uuid=request.id, exception="batch kept failing")
-                elif request.id in requeued:
-                    events.send("task-retried", uuid=request.id, exception="queued again")
+        with task.app.events.default_dispatcher(hostname=deliveries[0].request.hostname) as events:
+            for delivery in deliveries:
+                request_id = delivery.request.id
+                if request_id in dropped:
+                    events.send("task-failed", uuid=request_id, exception="batch kept failing")
+                elif request_id in requeued:
+                    events.send("task-retried", uuid=request_id, exception="queued again")
                 else:
-                    events.send("task-succeeded", uuid=request.id, result="", runtime=runtime)
+                    events.send("task-succeeded", uuid=request_id, result="", runtime=runtime)
     except Exception:
         log.warning("could not send the batch's task events", exc_info=True)
 
 
-def _well_formed(request: SimpleRequest) -> bool:
-    """Every batched request carries one dict naming its kind; anything else is dropped."""
-    args = request.args
-    if len(args) == 1 and isinstance(args[0], dict) and args[0].get("kind") in KINDS:
-        return True
-    log.error("malformed request dropped", extra={"task_id": request.id, "task": request.name})
-    return False
+def requeue(app: Celery, delivery: Delivery) -> None:
+    """Publish the message again after a backoff, as ``Task.retry`` would.
 
-
-def _ignore(requests: Sequence[SimpleRequest], seconds: float) -> None:
-    pass
-
-
-def requeue(app: Celery, request: SimpleRequest) -> None:
-    """Publish the request again after a backoff, as ``Task.retry`` would.
-
-    It keeps its task id, arguments, priority and the rest of its chain, and
-    counts the retry in its headers.
+    It keeps its task id, arguments and priority, and counts the retry in
+    its headers.
     """
-    requeued = _REQUEUED.get()
-    if requeued is not None:
-        requeued.add(request.id)
-    headers = request.request_dict or {}
-    retries = int(headers.get("retries") or 0) + 1
+    request = delivery.request
+    retries = delivery.retries + 1
     delay = min(MAX_REQUEUE_DELAY, 2.0**retries) * random.uniform(0.5, 1.0)  # noqa: S311
     app.send_task(
         request.name,
         args=request.args,
-        kwargs=request.kwargs,
         task_id=request.id,
         countdown=delay,
         retries=retries,
-        chain=headers.get("chain"),
-        root_id=headers.get("root_id"),
-        parent_id=headers.get("parent_id"),
         priority=(request.delivery_info or {}).get("priority"),
-    )
-
-
-def retries_of(request: SimpleRequest) -> int:
-    return int((request.request_dict or {}).get("retries") or 0)
-
-
-def continue_chain(app: Celery, request: SimpleRequest, value: Any) -> None:
-    """Send the next task of the request's chain with ``value``, as Celery's
-    tracer does for an ordinary task (celery-batches does not)."""
-    headers = request.request_dict or {}
-    chain = list(headers.get("chain") or [])
-    if not chain:
-        return
-    next_task = signature(chain.pop(), app=app)
-    next_task.apply_async(
-        (value,),
-        chain=chain or None,
-        parent_id=request.id,
-        root_id=headers.get("root_id") or request.id,
     )

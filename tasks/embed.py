@@ -1,116 +1,111 @@
-"""The gpu pool's embedding task: every embedding request shares forward passes.
+"""The gpu pool's embedding task: embed jobs and the conversation pipeline's embed step.
 
-One batched task serves three kinds of request, so that all of them are
-coalesced into the same forward passes:
+Both share the model thread's forward passes with each other and with the
+interactive requests (``tasks.interactive``):
 
-- ``{"kind": "job", "job_id": ..}``: an embed job. Its vectors become its
-  result, or go to the cpu pool to be indexed first when it asked for ``store``.
-- ``{"kind": "query", "text": ..}``: a search query (``services.search.embed_query``),
-  sent at high priority; its vector goes to the result backend for the API.
-- ``{"kind": "conversation", "state": ..}``: the conversation pipeline's embed
-  step; the vectors of the new messages and of the summary go down the chain.
+- ``JobMessage``: an embed job. Its vectors are its result, stored on its row;
+  when it asked for ``store``, the cpu pool indexes them first (one message
+  for all such jobs that finish together) and finishes it.
+- ``StepMessage``: a conversation job's embed step: its new messages and its
+  summary. The vectors wait on the job row for the store step, sent next.
 """
 
 import logging
 import uuid
 from collections.abc import Sequence
+from contextlib import closing
 from typing import Any
 
-from celery import Task, states
-from celery_batches import SimpleRequest
+import numpy as np
+from celery import Task
 
 from config import get_settings
-from services.conversations import ConversationStore, PipelineState, pipeline_message
-from services.embedding import EmbeddedBatch, EmbedRequest, embed_requests, embedding_result
-from services.models import load_embedder
-from tasks.batch import continue_chain, requeue
-from tasks.jobs_in_batch import JobsInBatch, job_batch_task, run_guarded, store_results
+from inference.embedder import EmbedderInfo
+from inference.loaders import load_embedder
+from services.conversations import ConversationStore
+from services.embedding import embedding_result
+from tasks.batch import Batch, Delivery
+from tasks.frame import JobFrame
+from tasks.gpu import embedded, gpu_batch_task, gpu_scheduler
+from worker.messages import IndexMessage, JobMessage, StepMessage, task_args
 from worker.queues import TaskName
 
 log = logging.getLogger(__name__)
 
 
-@job_batch_task(TaskName.EMBED, flush_every=get_settings().batch_flush_every)
-def embed(task: Task, requests: Sequence[SimpleRequest]) -> None:
-    """Embed the texts of every request in the batch, in shared forward passes."""
+@gpu_batch_task(TaskName.EMBED, flush_every=get_settings().batch_flush_every)
+def embed(task: Task, deliveries: Sequence[Delivery]) -> set[str]:
+    """Embed the texts of every job of the batch, in shared forward passes."""
     settings = get_settings()
-    jobs = JobsInBatch.from_settings()
-    conversations = ConversationStore(settings.database_url)
-    embedder = load_embedder(settings)
-    pipelines: dict[str, PipelineState] = {}
-
-    def prepare_and_embed() -> EmbeddedBatch:
-        wanted = {
-            request.id: EmbedRequest(request.id, jobs.job_of(request).params["texts"])
-            for request in jobs.start(requests, kind="job")
+    frame = JobFrame.from_settings()
+    batch = Batch(task, deliveries)
+    with frame.guard(batch.by_job, on_transient=batch.requeue):
+        jobs = frame.start(batch.retries_of(JobMessage))
+        texts: dict[uuid.UUID, list[str]] = {
+            job_id: job.params["texts"] for job_id, job in jobs.items()
         }
-        for request in requests:
-            spec = request.args[0]
-            if spec["kind"] == "query":
-                wanted[request.id] = EmbedRequest(request.id, [spec["text"]])
-            elif spec["kind"] == "conversation":
-                state = PipelineState.model_validate(spec["state"])
-                if jobs.still_running(state.job_id, state.done, state.steps):
-                    pipelines[request.id] = state
-                    texts = conversations.texts_to_embed(state)
-                    wanted[request.id] = EmbedRequest(request.id, texts)
-        return embed_requests(
-            embedder,
-            list(wanted.values()),
-            max_texts=settings.embedding_batch_size,
-            max_tokens=settings.embedding_batch_tokens,
-            on_progress=jobs.progress_callback,
-        )
+        steps = frame.resume(batch.retries_of(StepMessage), steps_left=2)
+        conversations = ConversationStore(settings.database_url)
+        pipelines = conversations.jobs(list(steps.values()))
+        summaries = conversations.summaries(list(pipelines.values()))
+        for job_id, messages in conversations.new_messages(list(pipelines.values())).items():
+            summary = summaries.get(job_id)
+            texts[job_id] = messages + ([summary["text"]] if summary and summary["text"] else [])
 
-    batch = run_guarded(task, jobs, requests, prepare_and_embed)
-    if batch is None:
-        return
-    log.info(
-        "embedding batch done",
-        extra={
-            "requests": len(requests),
-            "texts": batch.texts,
-            "forward_passes": batch.forward_passes,
-        },
-    )
-    finished: dict[uuid.UUID, dict[str, Any]] = {}
-    to_index: dict[str, dict[str, Any]] = {}
-    for request in requests:
-        vectors = batch.vectors.get(request.id)
-        if vectors is None:
-            continue
-        kind = request.args[0]["kind"]
-        try:
-            if kind == "query":
-                task.app.backend.store_result(request.id, vectors[0].tolist(), states.SUCCESS)
-            elif kind == "conversation":
-                state = pipelines[request.id]
-                state.vectors = vectors.tolist()
-                state.done += 1
-                continue_chain(task.app, request, pipeline_message(state))
-            else:
-                job = jobs.job_of(request)
-                result = embedding_result(embedder, vectors)
-                if job.params.get("store"):
-                    to_index[str(job.id)] = result
-                else:
-                    finished[job.id] = result
-        except Exception:
-            log.warning("could not deliver a result; queued again", exc_info=True)
-            requeue(task.app, request)
-    if to_index:
-        _send_to_index(task, requests, to_index)
-    store_results(task, jobs, requests, finished)
+        scheduler = gpu_scheduler()
+        tenants = {job_id: row.tenant_id for job_id, row in (jobs | steps).items()}
+        handles = {
+            job_id: scheduler.embed(job_texts, tenant=str(tenants[job_id]), tag=job_id)
+            for job_id, job_texts in texts.items()
+        }
+        info = load_embedder(settings).info
+        finishing = embedded(handles, frame.store, count_texts=set(jobs))
+        with closing(finishing):  # on the way out, texts still waiting are dropped
+            for outcomes in finishing:
+                vectors = {i: v for i, v in outcomes.items() if isinstance(v, np.ndarray)}
+                failed = [i for i, v in outcomes.items() if isinstance(v, BaseException)]
+                for job_id in failed:
+                    with frame.guard([job_id]):
+                        raise outcomes[job_id]
+                done_jobs = {i: vectors[i] for i in vectors if i in jobs}
+                _settle_jobs(batch, frame, done_jobs, jobs, info)
+                done_steps = {i: _packed(vectors[i]) for i in vectors if i in steps}
+                batch.send_next(TaskName.STORE_CONVERSATION, frame.store.store_vectors(done_steps))
+    return batch.requeued
 
 
-def _send_to_index(
-    task: Task, requests: Sequence[SimpleRequest], results: dict[str, dict[str, Any]]
+def _packed(vectors: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+
+
+def _settle_jobs(
+    batch: Batch,
+    frame: JobFrame,
+    vectors: dict[uuid.UUID, np.ndarray],
+    jobs: dict[uuid.UUID, Any],
+    info: EmbedderInfo,
 ) -> None:
-    """One message to the cpu pool for all the jobs of the batch that asked for ``store``."""
+    """Finish the embed jobs now; those with ``store`` go to the cpu pool to be indexed."""
+    finished = {job_id: v for job_id, v in vectors.items() if not jobs[job_id].params.get("store")}
+    frame.succeed(
+        {job_id: embedding_result(info, len(v)) for job_id, v in finished.items()},
+        {job_id: _packed(v) for job_id, v in finished.items()},
+    )
+    to_index = {job_id: v for job_id, v in vectors.items() if job_id not in finished}
+    if not to_index:
+        return
+    stored = frame.store.store_vectors({job_id: _packed(v) for job_id, v in to_index.items()})
+    if not stored:
+        return
+    message = IndexMessage(
+        job_ids=sorted(stored),
+        model=info.model,
+        dimensions=info.dimensions,
+        backend=info.backend,
+        device=info.device,
+    )
     try:
-        task.app.send_task(TaskName.INDEX_EMBED_JOBS.value, args=[results])
+        batch.task.app.send_task(TaskName.INDEX_EMBED_JOBS.value, args=task_args(message))
     except Exception:
         log.warning("could not send the vectors to be indexed; queued again", exc_info=True)
-        for request in requests:
-            if request.args[0].get("job_id") in results:
-                requeue(task.app, request)
+        batch.requeue(stored)

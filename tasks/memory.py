@@ -1,51 +1,51 @@
 """Indexing embed jobs that asked for ``store`` (cpu queue).
 
-The gpu worker sends one message per batch, holding every such job of the
-batch, so that their vectors go to Milvus in one upsert.
+The gpu worker stores their vectors on their rows and sends one message for
+all the jobs of a batch that finish together, so their vectors go to Milvus in
+one upsert; then they are finished, in one statement.
 """
 
 import logging
-import uuid
-from typing import Any
 
 from celery import Task
 
 from config import get_settings
-from config.logs import log_context
-from services.jobs import JobStore
+from services import vectors
+from services.embedding import embedding_result
 from services.memory import embed_job_records
-from tasks.base import JobRequest, convoq_task, fail_timed_out_job
-from tasks.options import CPU_TASK_OPTIONS
+from tasks.base import job_task
+from tasks.frame import JobFrame
 from vectorstore import get_memory_store
+from worker.messages import IndexMessage, read_message
 from worker.queues import TaskName
 
 log = logging.getLogger(__name__)
 
 
-@convoq_task(
-    TaskName.INDEX_EMBED_JOBS,
-    on_hard_timeout=fail_timed_out_job,
-    Request=JobRequest,
-    **CPU_TASK_OPTIONS,
-)
-def index_embed_jobs(task: Task, results: dict[str, dict[str, Any]]) -> None:
-    """Upsert the vectors of the jobs (``{job id: result}``) into Milvus, then finish them."""
+@job_task(TaskName.INDEX_EMBED_JOBS)
+def index_embed_jobs(task: Task, message: dict) -> None:
+    """Upsert the vectors of the jobs into Milvus, then finish them."""
+    index = read_message([message])
+    assert isinstance(index, IndexMessage)
     settings = get_settings()
-    jobs = JobStore(settings.database_url)
-    running = jobs.running_many([uuid.UUID(job_id) for job_id in results])
-    if len(running) < len(results):
+    frame = JobFrame.from_settings()
+    running = [job for job in frame.resume(index.job_ids).values() if job.vectors]
+    if len(running) < len(index.job_ids):
         log.info(
             "jobs no longer running were not indexed",
-            extra={"skipped": len(results) - len(running)},
+            extra={"skipped": len(index.job_ids) - len(running)},
         )
-    records, finished = [], {}
-    for job in running:
-        result = results[str(job.id)]
-        job_records = embed_job_records(job, job.params["texts"], result["vectors"])
-        records.extend(job_records)
-        stored = {"collection": settings.milvus_collection, "ids": [r.id for r in job_records]}
-        finished[job.id] = {**result, "stored": stored}
-    get_memory_store(settings).upsert(records)
-    for job_id in jobs.succeed_many(finished):
-        with log_context(job_id=str(job_id)):
-            log.info("job succeeded", extra={"indexed": len(finished[job_id]["stored"]["ids"])})
+    with frame.guard([job.id for job in running]):
+        records, results = [], {}
+        for job in running:
+            job_records = embed_job_records(job, vectors.as_floats(job.vectors, index.dimensions))
+            records.extend(job_records)
+            results[job.id] = {
+                **embedding_result(index, vectors.count(job.vectors, index.dimensions)),
+                "stored": {
+                    "collection": settings.milvus_collection,
+                    "ids": [record.id for record in job_records],
+                },
+            }
+        get_memory_store(settings).upsert(records)
+        frame.succeed(results)

@@ -1,78 +1,85 @@
-"""The gpu pool's summarization task, batched across jobs.
+"""The gpu pool's summarization task: summarize jobs and the conversation pipeline's
+summarize step, batched across jobs.
 
-Two kinds of request share ``generate`` calls:
-
-- ``{"kind": "job", "job_id": ..}``: a summarize job; the summary is its result.
-- ``{"kind": "conversation", "state": ..}``: the conversation pipeline's
-  summarize step; the summary goes on down the chain.
+- ``JobMessage``: a summarize job; the summary is its result.
+- ``StepMessage``: a conversation job's summarize step. The summary is saved
+  as the conversation's summary up to the job's last message, and the next
+  step (embed, or store) is sent.
 """
 
 import logging
-import uuid
 from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import asdict
-from typing import Any
+from time import monotonic
 
 from celery import Task
-from celery_batches import SimpleRequest
 
 from config import get_settings
-from inference.summary import Summary
-from services.conversations import ConversationStore, PipelineState, pipeline_message
+from services.conversations import ConversationStore
 from services.summaries import SummaryRequest, summarize_requests
-from tasks.batch import continue_chain, requeue
-from tasks.jobs_in_batch import JobsInBatch, job_batch_task, run_guarded, store_results
+from tasks.batch import Batch, Delivery
+from tasks.frame import JobFrame, TimeLimitExceeded
+from tasks.gpu import deadline, gpu_batch_task, gpu_scheduler
+from worker.messages import JobMessage, StepMessage
 from worker.queues import TaskName
 
 log = logging.getLogger(__name__)
 
 
-@job_batch_task(TaskName.SUMMARIZE, flush_every=get_settings().summary_batch_size)
-def summarize(task: Task, requests: Sequence[SimpleRequest]) -> None:
-    """Summarise the text of every request, texts of the same method and lengths together."""
+@gpu_batch_task(TaskName.SUMMARIZE, flush_every=get_settings().summary_batch_size)
+def summarize(task: Task, deliveries: Sequence[Delivery]) -> set[str]:
+    """Summarise the text of every job, texts of the same method and lengths together."""
     settings = get_settings()
-    jobs = JobsInBatch.from_settings()
-    conversations = ConversationStore(settings.database_url)
-    pipelines: dict[str, PipelineState] = {}
-
-    def prepare_and_summarize() -> dict[str, Summary]:
-        wanted = {}
-        for request in jobs.start(requests, kind="job"):
-            params = jobs.job_of(request).params
-            wanted[request.id] = SummaryRequest(
-                params["text"], params["method"], params["max_length"], params["min_length"]
+    frame = JobFrame.from_settings()
+    batch = Batch(task, deliveries)
+    with frame.guard(batch.by_job, on_transient=batch.requeue):
+        jobs = frame.start(batch.retries_of(JobMessage))
+        wanted = {
+            job_id: SummaryRequest(
+                job.params["text"],
+                job.params["method"],
+                job.params["max_length"],
+                job.params["min_length"],
+                str(job.tenant_id),
             )
-        for request in requests:
-            if request.args[0]["kind"] != "conversation":
-                continue
-            state = PipelineState.model_validate(request.args[0]["state"])
-            if jobs.still_running(state.job_id, state.done, state.steps):
-                pipelines[request.id] = state
-                wanted[request.id] = SummaryRequest(
-                    conversations.transcript(state),
-                    state.method,
-                    state.max_length,
-                    state.min_length,
-                )
-        return summarize_requests(wanted, settings)
+            for job_id, job in jobs.items()
+        }
+        steps = frame.resume(batch.retries_of(StepMessage), done=1)
+        conversations = ConversationStore(settings.database_url)
+        pipelines = conversations.jobs(list(steps.values()))
+        for job_id, transcript in conversations.transcripts(list(pipelines.values())).items():
+            params = pipelines[job_id].params
+            wanted[job_id] = SummaryRequest(
+                transcript,
+                params["method"],
+                params["max_length"],
+                params["min_length"],
+                str(pipelines[job_id].tenant_id),
+            )
 
-    summaries = run_guarded(task, jobs, requests, prepare_and_summarize)
-    if summaries is None:
-        return
-    finished: dict[uuid.UUID, dict[str, Any]] = {}
-    for request in requests:
-        summary = summaries.get(request.id)
-        if summary is None:
-            continue
-        if request.id in pipelines:
-            state = pipelines[request.id]
-            state.summary = asdict(summary)
-            state.done += 1
-            try:
-                continue_chain(task.app, request, pipeline_message(state))
-            except Exception:
-                log.warning("could not send the next step; queued again", exc_info=True)
-                requeue(task.app, request)
-        else:
-            finished[jobs.job_of(request).id] = asdict(summary)
-    store_results(task, jobs, requests, finished)
+        pending = summarize_requests(wanted, settings, gpu_scheduler())
+        until = deadline()
+        while pending:
+            if monotonic() >= until:
+                for future in pending.values():
+                    future.cancel()
+                raise TimeLimitExceeded
+            wait(list(pending.values()), timeout=until - monotonic(), return_when=FIRST_COMPLETED)
+            finished = {key: f for key, f in pending.items() if f.done()}
+            for key in finished:
+                del pending[key]
+            failed = [key for key, f in finished.items() if f.exception() is not None]
+            for key in failed:
+                with frame.guard([key]):
+                    raise finished[key].exception()
+            summaries = {
+                key: asdict(f.result()) for key, f in finished.items() if key not in failed
+            }
+            frame.succeed({key: s for key, s in summaries.items() if key in jobs})
+            made = {key: (pipelines[key], s) for key, s in summaries.items() if key in pipelines}
+            conversations.save_summaries(made)
+            for job_id, (pipeline, _) in made.items():
+                step = TaskName.EMBED if pipeline.embed else TaskName.STORE_CONVERSATION
+                batch.send_next(step, [job_id])
+    return batch.requeued

@@ -37,7 +37,7 @@ from api import create_app
 from config import Settings
 from devstack.stack import LocalStack, migrate
 from services.tenants import create_api_key
-from tests.support import WorkerProcess, recreate_database, subprocess_env
+from tests.support import GPU_POOL, PrivateDb, WorkerProcess, recreate_database, subprocess_env
 from vectorstore import MemoryStore, get_memory_store
 
 pytest_plugins = ["tests.tiny_t5"]
@@ -46,6 +46,8 @@ pytest_plugins = ["tests.tiny_t5"]
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     settings = Settings()
+    session_db = int(settings.redis_url.rsplit("/", 1)[1] or 0)
+    assert session_db not in set(PrivateDb), "TEST_REDIS_URL must not use a PrivateDb database"
     # The session starts by dropping its collection: never one that holds real data.
     assert "test" in settings.milvus_collection, "MILVUS_COLLECTION must name a test collection"
     return settings
@@ -125,7 +127,7 @@ def gpu_worker(
 ) -> Iterator[WorkerProcess]:
     """The shared gpu worker: ``--pool solo``, as in the Procfile, with the tiny T5."""
     env = {**worker_env, "SUMMARIZER_MODEL_PATH": str(tiny_t5_path)}
-    with WorkerProcess(env, tmp_path_factory.mktemp("workers"), queue="gpu", pool="solo") as worker:
+    with WorkerProcess(env, tmp_path_factory.mktemp("workers"), **GPU_POOL) as worker:
         yield worker
 
 

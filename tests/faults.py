@@ -4,7 +4,8 @@
   conversation's messages (cpu) hang the way stuck native code does: it never
   returns to Python, and the signals that carry soft time limits (SIGALRM in
   the solo pool, SIGUSR1 in prefork) are held off meanwhile.
-- A message containing ``SLOW`` takes 5 seconds to store.
+- A message containing ``SLOW`` takes 5 seconds to store; a forward pass over
+  a text containing ``SLOW_PASS`` takes a second more.
 - A record containing ``STALL_AFTER_UPSERT`` stalls its worker right after
   its vectors were written to Milvus, before the job is marked done: the
   moment a crash would leave the work half finished.
@@ -19,6 +20,7 @@ from vectorstore import MemoryStore
 
 HANG = "__hang_in_native_code__"
 SLOW = "__slow_to_store__"
+SLOW_PASS = "__slow_forward_pass__"
 STALL_AFTER_UPSERT = "__stall_after_upsert__"
 
 
@@ -33,6 +35,8 @@ _encode = Embedder.encode
 def _encode_or_hang(self, texts, batch_size):
     if any(HANG in text for text in texts):
         _hang()
+    if any(SLOW_PASS in text for text in texts):
+        time.sleep(1)
     return _encode(self, texts, batch_size)
 
 

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +22,21 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 FINISHED = {"succeeded", "failed", "canceled"}
 MAKE_RUN_MILVUS_URI = "http://127.0.0.1:19530"
+
+
+class PrivateDb(IntEnum):
+    """Redis databases beside the session's (``TEST_REDIS_URL``, 15) that one test uses
+    at a time; each is emptied before and after (``private_broker``)."""
+
+    IDLE = 10  # no worker consumes it: jobs published there stay queued
+    OWN_WORKERS = 11  # only the workers the test starts itself consume it
+    GRACEFUL = 8  # the graceful-stop test's worker
+    RELIABILITY = 14  # the reliability tests' workers
+    OUTAGE = 13  # the PostgreSQL outage test's worker
+
+
+# The gpu pool as the Procfile runs it: batches wait for the model thread side by side.
+GPU_POOL = {"queue": "gpu", "pool": "threads", "concurrency": 16}
 
 
 def free_port() -> int:
@@ -173,17 +189,6 @@ def submit_embed(client: Any, headers: dict[str, str], texts: list[str], **extra
     response = client.post("/v1/jobs/embed", json={"texts": texts, **extra}, headers=headers)
     assert response.status_code == 202, response.get_json()
     return response.get_json()
-
-
-@contextmanager
-def gpu_busy(client: Any, headers: dict[str, str]) -> Iterator[None]:
-    """Inside the block, the gpu worker is busy with one long job, so the messages
-    published meanwhile wait in the broker and reach it together afterwards."""
-    long_text = " ".join(f"word{i}" for i in range(250))
-    blocker = submit_embed(client, headers, [long_text] * 256)
-    wait_for_job(client, headers, blocker["id"], statuses={"running"}, timeout=60)
-    yield
-    assert wait_for_job(client, headers, blocker["id"], timeout=120)["status"] == "succeeded"
 
 
 def queue_length(broker: Any, queue: str) -> int:

@@ -203,3 +203,121 @@ def test_hostile_bodies_never_get_a_5xx(client, headers, body):
     assert response.status_code < 500, response.get_data(as_text=True)[:500]
     if response.status_code >= 400:
         error_of(response, response.status_code)
+
+
+# -- the newer routes: batch, embeddings, long polls, Prefer --------------------------
+
+MODEL = '"model": "all-MiniLM-L6-v2"'
+HOSTILE_BY_ROUTE = {
+    "/v1/jobs/batch": [
+        '{"jobs": [{"type": "embed", "texts": ["a"]}], "jobs": 5}',
+        '{"jobs": [' + "[" * 5000 + "]" * 5000 + "]}",
+        '{"jobs": [{"type": "embed", "texts": ["\\u0000"]}]}',
+        '{"jobs": [{"type": "embed", "texts": [1e999]}]}',
+        '{"jobs": [{"type": "embed", "texts": [NaN]}]}',
+        '{"jobs": [{"type": "\\ud800"}]}',
+        '{"jobs": [{"type": ["embed"]}]}',
+        '{"jobs": [{"type": {"embed": 1}}]}',
+        '{"jobs": [{"type": null}]}',
+        '{"jobs": [{"type": "embed", "type": "summarize", "texts": ["a"]}]}',
+        '{"jobs": [{"type": "conversation", "conversation_id": "\\u0000", "messages": []}]}',
+        '{"jobs": [{"type": "summarize", "text": "a", "max_length": 1e400}]}',
+        '{"jobs": [{"type": "summarize", "text": "a", "max_length": 123456789012345678901234}]}',
+        '{"jobs": [{"type": "embed", "texts": ["a"], "metadata": {"\\ud800": 1}}]}',
+    ],
+    "/v1/embeddings": [
+        '{"input": "a", ' + MODEL + ', "input": 5}',
+        '{"input": [' + "[" * 5000 + "]" * 5000 + "], " + MODEL + "}",
+        '{"input": "\\ud800", ' + MODEL + "}",
+        '{"input": "\\u0000", ' + MODEL + "}",
+        '{"input": [true, false], ' + MODEL + "}",
+        '{"input": [1e999], ' + MODEL + "}",
+        '{"input": [[1, 2], [3, "a"]], ' + MODEL + "}",
+        '{"input": [[]], ' + MODEL + "}",
+        '{"input": [-1, 99999999999999999999999999], ' + MODEL + "}",
+        '{"input": "a", ' + MODEL + ', "dimensions": 1e400}',
+        '{"input": "a", ' + MODEL + ', "dimensions": 123456789012345678901234567890}',
+        '{"input": "a", ' + MODEL + ', "dimensions": true}',
+        '{"input": "a", ' + MODEL + ', "encoding_format": null}',
+        '{"input": "a", ' + MODEL + ', "user": {"id": 1}}',
+        '{"input": "a", "model": "\\ud800"}',
+        '{"input": "a", "model": ["all-MiniLM-L6-v2"]}',
+        '{"input": "a", "model": "x\\u0000"}',
+        '{"input": null, "model": null}',
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [(path, body) for path, bodies in HOSTILE_BY_ROUTE.items() for body in bodies],
+)
+def test_hostile_bodies_on_newer_routes_never_get_a_5xx(client, headers, path, body):
+    response = client.post(path, data=body, content_type="application/json", headers=headers)
+    assert 400 <= response.status_code < 500, response.get_data(as_text=True)[:500]
+    error_body = response.get_json()["error"]
+    assert error_body["code"]
+    assert error_body["message"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "wait=%00",
+        "wait=99999999999999999999999",
+        "wait=1&wait=2",
+        "wait=" + "9" * 5000,
+        "encoding_format=%ff",
+        "encoding_format=base64&encoding_format=hex",
+        "wait=nan",
+        "wait=inf",
+    ],
+)
+def test_hostile_job_queries_never_get_a_5xx(client, headers, query):
+    job = submit_embed(client, headers, ["a"])
+    response = client.get(f"/v1/jobs/{job['id']}?{query}", headers=headers)
+    assert 400 <= response.status_code < 500 or response.status_code == 200
+    if response.status_code >= 400:
+        error_of(response, response.status_code)
+
+
+@pytest.mark.parametrize(
+    "prefer", ['wait="', '"' * 1000, "wait=" + "x" * 5000, "\\", ";;;,,,==", "wait=1e9", "=5"]
+)
+def test_hostile_prefer_headers_are_ignored(client, headers, prefer):
+    response = client.post(
+        "/v1/jobs/embed", json={"texts": ["a"]}, headers={**headers, "Prefer": prefer}
+    )
+    assert response.status_code == 202
+    assert "Preference-Applied" not in response.headers
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs/batch", "/v1/embeddings"])
+def test_newer_routes_need_a_key_and_json(client, headers, path):
+    def code_of(response, status):
+        assert response.status_code == status, response.get_data(as_text=True)[:500]
+        return response.get_json()["error"]["code"]
+
+    assert code_of(client.post(path, json={}), 401) == "unauthorized"
+    response = client.post(path, data="x", content_type="text/plain", headers=headers)
+    assert code_of(response, 415) == "unsupported_media_type"
+    response = client.post(path, data="{", content_type="application/json", headers=headers)
+    assert code_of(response, 400) == "invalid_json"
+
+
+def test_embeddings_is_post_only(client, headers):
+    response = client.get("/v1/embeddings", headers=headers)
+    assert response.status_code == 405
+    assert response.get_json()["error"]["code"] == "method_not_allowed"
+
+
+def test_embeddings_errors_carry_openai_type_and_param(client, headers):
+    response = client.post(
+        "/v1/embeddings", json={"input": "a", "model": "m", "dimensions": 2}, headers=headers
+    )
+    body = response.get_json()["error"]
+    assert response.status_code == 422
+    assert set(body) == {"code", "message", "details", "type", "param"}
+    assert (body["type"], body["param"]) == ("invalid_request_error", "dimensions")
+    unauthorized = client.post("/v1/embeddings", json={"input": "a", "model": "m"}).get_json()
+    assert unauthorized["error"]["type"] == "authentication_error"

@@ -8,10 +8,9 @@ import redis
 
 from api import create_app
 from bench.workload import DONE_COUNTER, SLEEP_TASK
-from tests.support import WorkerProcess, private_broker, queue_length, wait_for
+from tests.support import PrivateDb, WorkerProcess, private_broker, queue_length, wait_for
 
 # A broker database of this test alone, so no other worker takes the burst.
-AUTOSCALE_BROKER_DB = 11
 IDLE_SECONDS = 3
 BURST = 500
 TASK_SECONDS = 0.2
@@ -19,7 +18,7 @@ TASK_SECONDS = 0.2
 
 @pytest.fixture
 def broker_url(settings):
-    with private_broker(settings.redis_url, AUTOSCALE_BROKER_DB) as url:
+    with private_broker(settings.redis_url, PrivateDb.OWN_WORKERS) as url:
         yield url
 
 

@@ -31,7 +31,7 @@ from inference.backends.fidelity import (
 )
 from inference.embedder import Embedder, default_model_path, load_embedder
 from inference.t5 import T5Summarizer, load_t5_summarizer
-from tests.support import ROOT, WorkerProcess, free_port, submit_embed, wait_for_job
+from tests.support import GPU_POOL, ROOT, WorkerProcess, free_port, submit_embed, wait_for_job
 from tests.test_summarizers import LONG, TEXTS
 
 EXPORTED = ["openvino", "onnx", "onnx-int8"]
@@ -339,7 +339,7 @@ def test_a_backend_serves_jobs_end_to_end(
     backend, private_broker, headers, torch_embedder, torch_t5, tmp_path: Path
 ):
     client, env = private_broker
-    with WorkerProcess({**env, "INFERENCE_BACKEND": backend}, tmp_path, queue="gpu", pool="solo"):
+    with WorkerProcess({**env, "INFERENCE_BACKEND": backend}, tmp_path, **GPU_POOL):
         embedded = wait_for_job(client, headers, submit_embed(client, headers, SENTENCES)["id"])
         response = client.post(
             "/v1/jobs/summarize",

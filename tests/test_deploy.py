@@ -47,7 +47,7 @@ KEDA_SCHEMA = Path(__file__).resolve().parent / "schemas" / "keda.sh_scaledobjec
 APP = "worker.celery_app:celery_app"
 WORKER_COMMANDS = {
     "worker-gpu": shlex.split(
-        f"celery --app {APP} worker --queues gpu --pool solo --concurrency 1"
+        f"celery --app {APP} worker --queues gpu --pool threads --concurrency 16"
         " --hostname gpu@%h --task-events"
     ),
     "worker-cpu": shlex.split(

@@ -1,15 +1,24 @@
 """Embedding jobs end to end: HTTP → PostgreSQL → Redis → gpu worker → PostgreSQL."""
 
 import json
-import time
 
 import numpy as np
 import pytest
 import redis
 from sentence_transformers import SentenceTransformer
 
+from api import create_app
 from inference.embedder import default_model_path
-from tests.support import gpu_busy, queue_length, submit_embed, wait_for, wait_for_job
+from tests.support import (
+    GPU_POOL,
+    PrivateDb,
+    WorkerProcess,
+    private_broker,
+    queue_length,
+    submit_embed,
+    wait_for,
+    wait_for_job,
+)
 
 TEXTS = [
     "How do I reset my password?",
@@ -72,18 +81,24 @@ def test_worker_logs_are_json_with_job_id_and_tenant(client, headers, gpu_worker
     assert {"time", "level", "logger"} <= set(started[0])
 
 
-def test_cancel_queued_job_never_runs(client, headers, gpu_worker, settings):
-    with gpu_busy(client, headers):
+def test_cancel_queued_job_never_runs(settings, worker_env, headers, tmp_path):
+    with private_broker(settings.redis_url, PrivateDb.OWN_WORKERS) as url:
+        client = create_app(settings.model_copy(update={"redis_url": url})).test_client()
         job = submit_embed(client, headers, ["cancel me before I run"])
         response = client.delete(f"/v1/jobs/{job['id']}", headers=headers)
         assert response.status_code == 200
         assert response.get_json()["status"] == "canceled"
-    # The message is delivered, and dropped: revoked, and its row says canceled.
-    broker = redis.Redis.from_url(settings.redis_url)
-    wait_for(lambda: queue_length(broker, "gpu") == 0, 30, "the gpu queue to drain")
-    wait_for(lambda: job["id"] in gpu_worker.log(), 30, "the worker to see the job")
-    time.sleep(1)
-    final = client.get(f"/v1/jobs/{job['id']}", headers=headers).get_json()
+        broker = redis.Redis.from_url(url)
+        assert queue_length(broker, "gpu") == 1
+        # The message is delivered, and dropped: its row says canceled.
+        with WorkerProcess({**worker_env, "REDIS_URL": url}, tmp_path, **GPU_POOL) as worker:
+            wait_for(lambda: queue_length(broker, "gpu") == 0, 30, "the gpu queue to drain")
+            wait_for(
+                lambda: "delivery skipped" in worker.log() and job["id"] in worker.log(),
+                30,
+                "the worker to skip the job",
+            )
+        final = client.get(f"/v1/jobs/{job['id']}", headers=headers).get_json()
     assert final["status"] == "canceled"
     assert (final["attempts"], final["started_at"], final["result"]) == (0, None, None)
     assert final["finished_at"] is not None

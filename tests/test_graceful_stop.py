@@ -16,10 +16,9 @@ import yaml
 
 from api import create_app
 from bench.workload import DONE_COUNTER, SLEEP_TASK
-from tests.support import ROOT, WorkerProcess, private_broker, queue_length, wait_for
+from tests.support import ROOT, PrivateDb, WorkerProcess, private_broker, queue_length, wait_for
 
 # A broker database of this test alone.
-GRACEFUL_BROKER_DB = 8
 TASK_SECONDS = 6
 
 
@@ -33,7 +32,7 @@ def pre_stop_command(manifest: Path) -> list[str]:
 
 @pytest.fixture
 def broker_url(settings):
-    with private_broker(settings.redis_url, GRACEFUL_BROKER_DB) as url:
+    with private_broker(settings.redis_url, PrivateDb.GRACEFUL) as url:
         yield url
 
 

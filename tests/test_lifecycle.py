@@ -3,17 +3,16 @@
 import uuid
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from models import AuditLog, Job, JobStatus, JobType
-from models.db import session_scope
+from models.db import get_engine, session_scope
 from services.jobs import (
     InvalidCursor,
     JobAlreadyFinished,
-    JobCanceled,
     JobNotFound,
     JobStore,
-    ProgressReporter,
+    NewJob,
     PublishFailed,
     decode_cursor,
     parse_job_id,
@@ -34,7 +33,7 @@ def tenant_id(settings, stack):
 
 @pytest.fixture
 def submit(store, tenant_id):
-    def submit() -> Job:
+    def submit():
         return store.submit(
             tenant_id=tenant_id,
             job_type=JobType.EMBED,
@@ -49,7 +48,7 @@ def submit(store, tenant_id):
 def test_the_row_is_committed_before_the_task_is_published(store, tenant_id, settings):
     seen_by_another_session = []
 
-    def publish(job: Job) -> None:
+    def publish(job) -> None:
         with session_scope(settings.database_url) as session:
             seen_by_another_session.append(session.get(Job, job.id).status)
 
@@ -61,15 +60,28 @@ def test_the_row_is_committed_before_the_task_is_published(store, tenant_id, set
 
 
 def test_a_failed_publish_fails_the_job(store, tenant_id):
-    def publish(job: Job) -> None:
+    def publish(jobs) -> None:
         raise ConnectionError("redis is down")
 
     with pytest.raises(PublishFailed) as raised:
-        store.submit(
-            tenant_id=tenant_id, job_type=JobType.EMBED, params={}, total=0, publish=publish
-        )
-    job = store.get(tenant_id, raised.value.job.id)
-    assert (job.status, job.error_code) == (JobStatus.FAILED, "broker_unavailable")
+        store.submit_many(tenant_id, [NewJob(JobType.EMBED, {}, 0)] * 3, publish=publish)
+    assert len(raised.value.jobs) == 3
+    for job in raised.value.jobs:
+        job = store.get(tenant_id, job.id)
+        assert (job.status, job.error_code) == (JobStatus.FAILED, "broker_unavailable")
+
+
+def test_many_jobs_are_written_in_order_and_published_once(store, tenant_id):
+    published = []
+    jobs = store.submit_many(
+        tenant_id,
+        [NewJob(JobType.EMBED, {"texts": [str(i)]}, 1) for i in range(5)],
+        publish=published.append,
+    )
+    assert [job.params["texts"] for job in jobs] == [[str(i)] for i in range(5)]
+    assert len(published) == 1
+    assert [job.id for job in published[0]] == [job.id for job in jobs]
+    assert all(job.status == JobStatus.QUEUED for job in jobs)
 
 
 def test_start_counts_attempts_and_stops_a_job_that_keeps_failing(store, submit):
@@ -117,15 +129,44 @@ def test_only_one_outcome_is_stored(store, submit):
 def test_cancel_while_running_stops_progress_and_drops_the_result(store, submit):
     job = submit()
     store.start(job.id, max_attempts=3)
-    progress = ProgressReporter(store, job.id)
-    progress(1, 4)
+    assert store.report_progress({job.id: (1, 4)}) == {job.id}
     assert store.get(job.tenant_id, job.id).progress_done == 1
     store.cancel(job.tenant_id, job.id, actor="test")
-    with pytest.raises(JobCanceled):
-        progress(2, 4)
+    assert store.report_progress({job.id: (2, 4)}) == set()
+    assert not store.store_vectors({job.id: b"\0" * 16})
     assert not store.succeed(job.id, {"late": True})
     final = store.get(job.tenant_id, job.id)
     assert (final.status, final.result, final.progress_done) == (JobStatus.CANCELED, None, 1)
+    assert final.vectors is None
+
+
+def test_a_batch_of_jobs_starts_and_finishes_in_one_statement_each(store, submit, settings):
+    jobs = [submit() for _ in range(20)]
+    statements = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    engine = get_engine(settings.database_url)
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        started = store.start_many({job.id: 3 for job in jobs})
+        finished = store.succeed_many(
+            {job.id: {"n": i} for i, job in enumerate(jobs)},
+            {job.id: bytes([i]) * 8 for i, job in enumerate(jobs)},
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(started) == 20
+    assert finished == {job.id for job in jobs}
+    assert len(statements) == 2, statements
+    for i, job in enumerate(jobs):
+        row = store.get(job.tenant_id, job.id)
+        assert (row.status, row.result, row.vectors) == (
+            JobStatus.SUCCEEDED,
+            {"n": i},
+            bytes([i]) * 8,
+        )
 
 
 def test_cancel_is_audited_and_refused_once_finished(store, submit, settings):

@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from api import create_app
-from tests.support import wait_for_job
+from tests.support import PrivateDb, wait_for_job
 from tests.test_api_errors import error_of
 
 MESSAGE = {"role": "user", "content": "hello"}
@@ -130,7 +130,7 @@ def test_posting_as_another_user_of_a_conversation_is_409(client, headers, cpu_w
 
 
 def test_search_without_a_gpu_worker_is_504(settings, stack, headers):
-    url = settings.redis_url.rsplit("/", 1)[0] + "/14"
+    url = settings.redis_url.rsplit("/", 1)[0] + f"/{PrivateDb.IDLE}"
     redis.Redis.from_url(url).flushdb()
     app = create_app(settings.model_copy(update={"redis_url": url, "search_embed_timeout": 1.0}))
     response = app.test_client().post(

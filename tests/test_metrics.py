@@ -12,6 +12,7 @@ from api import create_app
 from config import Settings
 from config.settings import PoolScaling, ScalingSettings
 from tests.support import (
+    PrivateDb,
     WorkerProcess,
     free_port,
     metric_value,
@@ -23,7 +24,6 @@ from tests.support import (
 )
 
 # A Redis database no worker listens to: what is published there stays queued.
-IDLE_BROKER_DB = 10
 
 
 def scrape(url: str) -> str:
@@ -62,7 +62,7 @@ def idle_settings(settings: Settings) -> Iterator[Settings]:
         gpu=PoolScaling(target_per_worker=2, min_replicas=0, max_replicas=3),
         cpu=PoolScaling(target_per_worker=16, min_replicas=1, max_replicas=10),
     )
-    with private_broker(settings.redis_url, IDLE_BROKER_DB) as url:
+    with private_broker(settings.redis_url, PrivateDb.IDLE) as url:
         yield settings.model_copy(update={"redis_url": url, "scaling": scaling})
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from celery import Celery
 
+from tests.support import GPU_POOL
 from worker.queues import TASK_QUEUES, Queue, TaskName, task_modules_for
 
 PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
@@ -31,11 +32,13 @@ def test_procfile_queues_are_the_declared_queues():
     assert sorted(q for queues in consumed for q in queues) == sorted(q.value for q in Queue)
 
 
-def test_gpu_pool_is_solo_and_cpu_pool_is_prefork():
+def test_gpu_pool_is_threads_and_cpu_pool_is_prefork():
     workers = procfile_workers()
     gpu = next(a for a in workers.values() if option(a, "--queues") == Queue.GPU)
     cpu = next(a for a in workers.values() if option(a, "--queues") == Queue.CPU)
-    assert option(gpu, "--pool") == "solo"
+    # The tests run the gpu pool as make run does.
+    assert option(gpu, "--pool") == GPU_POOL["pool"] == "threads"
+    assert int(option(gpu, "--concurrency")) == GPU_POOL["concurrency"]
     assert option(cpu, "--pool") == "prefork"
     assert "--task-events" in gpu
     assert "--task-events" in cpu

@@ -14,8 +14,16 @@ from devstack.stack import migrate
 from models import Conversation, Summary
 from models.db import session_scope
 from services.tenants import authenticate, create_api_key
-from tests.faults import HANG, SLOW, STALL_AFTER_UPSERT
-from tests.support import WorkerProcess, free_port, submit_embed, wait_for, wait_for_job
+from tests.faults import HANG, SLOW, SLOW_PASS, STALL_AFTER_UPSERT
+from tests.support import (
+    GPU_POOL,
+    PrivateDb,
+    WorkerProcess,
+    free_port,
+    submit_embed,
+    wait_for,
+    wait_for_job,
+)
 from worker.queues import TaskName
 
 LONG_TEXT = " ".join(f"word{i}" for i in range(300))
@@ -24,7 +32,7 @@ LONG_TEXT = " ".join(f"word{i}" for i in range(300))
 @pytest.fixture
 def private_broker(settings, stack, worker_env):
     """Redis database 14: its jobs reach only the workers a test starts itself."""
-    url = settings.redis_url.rsplit("/", 1)[0] + "/14"
+    url = settings.redis_url.rsplit("/", 1)[0] + f"/{PrivateDb.RELIABILITY}"
     redis.Redis.from_url(url).flushdb()
     app = create_app(settings.model_copy(update={"redis_url": url}))
     return app, {**worker_env, "REDIS_URL": url}
@@ -42,13 +50,13 @@ def test_kill_9_of_the_gpu_worker_mid_job_redelivers_it(private_broker, headers,
     app, env = private_broker
     env = {**env, **limits(soft=20, hard=25, visibility=30)}
     client = app.test_client()
-    worker = WorkerProcess(env, tmp_path, queue="gpu", pool="solo").start()
+    worker = WorkerProcess(env, tmp_path, **GPU_POOL).start()
     job = submit_embed(client, headers, [LONG_TEXT] * 64)
     wait_for_job(client, headers, job["id"], statuses={"running"}, timeout=30)
     worker.kill()
     assert client.get(f"/v1/jobs/{job['id']}", headers=headers).get_json()["status"] == "running"
 
-    with WorkerProcess(env, tmp_path, queue="gpu", pool="solo"):
+    with WorkerProcess(env, tmp_path, **GPU_POOL):
         done = wait_for_job(client, headers, job["id"], timeout=90)
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 2
@@ -85,11 +93,13 @@ def test_lost_prefork_child_is_requeued_at_once(private_broker, headers, tmp_pat
     assert done["result"]["messages"] == {"first_seq": 1, "last_seq": 1}
 
 
-def test_soft_time_limit_in_the_solo_pool_fails_the_job(private_broker, headers, tmp_path):
+def test_soft_time_limit_in_the_gpu_pool_fails_the_job(private_broker, headers, tmp_path):
     app, env = private_broker
     client = app.test_client()
-    with WorkerProcess({**env, **limits(1, 30, 60)}, tmp_path, queue="gpu", pool="solo"):
-        slow = submit_embed(client, headers, [LONG_TEXT] * 256)
+    with WorkerProcess(
+        {**env, **limits(1, 30, 60)}, tmp_path, **GPU_POOL, extra_args=("--include", "tests.faults")
+    ):
+        slow = submit_embed(client, headers, [f"{SLOW_PASS} {LONG_TEXT}"] * 256)
         failed = wait_for_job(client, headers, slow["id"])
         assert failed["status"] == "failed"
         assert failed["error"]["code"] == "time_limit_exceeded"
@@ -98,7 +108,7 @@ def test_soft_time_limit_in_the_solo_pool_fails_the_job(private_broker, headers,
         assert wait_for_job(client, headers, quick["id"])["status"] == "succeeded"
 
 
-def test_hard_time_limit_in_the_solo_pool_fails_the_job_and_ends_the_worker(
+def test_hard_time_limit_in_the_gpu_pool_fails_the_job_and_ends_the_worker(
     private_broker, headers, tmp_path
 ):
     app, env = private_broker
@@ -165,7 +175,7 @@ def test_redis_restart_and_outage(settings, stack, headers, worker_env, tmp_path
     client = app.test_client()
     env = {**worker_env, "REDIS_URL": url}
     try:
-        with WorkerProcess(env, tmp_path, queue="gpu", pool="solo"):
+        with WorkerProcess(env, tmp_path, **GPU_POOL):
             before = submit_embed(client, headers, ["before the restart"])
             assert wait_for_job(client, headers, before["id"])["status"] == "succeeded"
 
@@ -190,7 +200,7 @@ def test_redis_restart_and_outage(settings, stack, headers, worker_env, tmp_path
         waiting = submit_embed(client, headers, ["queued across a restart"])
         server.stop()
         server = ensure_redis(url, data_dir)
-        with WorkerProcess(env, tmp_path, queue="gpu", pool="solo"):
+        with WorkerProcess(env, tmp_path, **GPU_POOL):
             assert wait_for_job(client, headers, waiting["id"])["status"] == "succeeded"
     finally:
         if server is not None:
@@ -202,7 +212,7 @@ def test_postgresql_stopped_mid_job(settings, stack, worker_env, tmp_path):
     data_dir = tmp_path / "postgres"
     server = ensure_postgres(database_url, data_dir)
     assert server is not None
-    broker_url = settings.redis_url.rsplit("/", 1)[0] + "/13"
+    broker_url = settings.redis_url.rsplit("/", 1)[0] + f"/{PrivateDb.OUTAGE}"
     redis.Redis.from_url(broker_url).flushdb()
     try:
         ensure_database(database_url)
@@ -214,7 +224,7 @@ def test_postgresql_stopped_mid_job(settings, stack, worker_env, tmp_path):
         )
         client = app.test_client()
         env = {**worker_env, "DATABASE_URL": database_url, "REDIS_URL": broker_url}
-        with WorkerProcess(env, tmp_path, queue="gpu", pool="solo") as worker:
+        with WorkerProcess(env, tmp_path, **GPU_POOL) as worker:
             job = submit_embed(client, headers, [LONG_TEXT] * 256)
             wait_for_job(client, headers, job["id"], statuses={"running"}, timeout=30)
             server.stop()
@@ -254,7 +264,7 @@ def test_a_conversation_redelivered_after_a_crash_duplicates_nothing(
         {"role": "assistant", "content": "Sorry to hear that; a replacement is on its way."},
         {"role": "user", "content": "Thank you, that is quick."},
     ]
-    with WorkerProcess(env, tmp_path, queue="gpu", pool="solo"):
+    with WorkerProcess(env, tmp_path, **GPU_POOL):
         crashing = WorkerProcess(
             env, tmp_path, queue="cpu", pool="prefork", extra_args=("--include", "tests.faults")
         ).start()

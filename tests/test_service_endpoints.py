@@ -104,3 +104,29 @@ def test_the_api_process_never_imports_torch(settings, stack):
         [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_openapi_documents_waits_batches_and_embeddings(client):
+    spec = client.get("/openapi.json").get_json()
+    paths = spec["paths"]
+    assert {"/v1/jobs/batch", "/v1/embeddings"} <= set(paths)
+    for route in ("embed", "summarize", "conversation", "batch"):
+        post = paths[f"/v1/jobs/{route}"]["post"]
+        assert {"200", "202", "422"} <= set(post["responses"]), route
+        assert [p["name"] for p in post["parameters"] if p["in"] == "header"] == ["Prefer"]
+        assert "Preference-Applied" in post["responses"]["200"]["headers"]
+        assert "Vary" in post["responses"]["202"]["headers"]
+    assert "Location" in paths["/v1/jobs/embed"]["post"]["responses"]["202"]["headers"]
+    get = paths["/v1/jobs/{job_id}"]["get"]
+    query = {p["name"]: p["schema"] for p in get["parameters"] if p["in"] == "query"}
+    assert query["wait"]["anyOf"][0]["maximum"] == 60
+    assert query["encoding_format"]["anyOf"][0]["enum"] == ["float", "base64"]
+    schemas = spec["components"]["schemas"]
+    assert schemas["BatchJobsIn"]["properties"]["jobs"]["maxItems"] == 100
+    assert "encoding_format" in schemas["EmbedJobIn"]["properties"]
+    embeddings = paths["/v1/embeddings"]["post"]
+    assert embeddings["security"] == [{"bearer": []}]
+    assert {"200", "401", "404", "422", "503", "504"} <= set(embeddings["responses"])
+    body = schemas["EmbeddingsIn"]["properties"]
+    assert {"input", "model", "encoding_format", "dimensions", "user"} == set(body)
+    assert "type" in schemas["OpenAIErrorBody"]["properties"]

@@ -11,9 +11,9 @@ import torch
 
 from inference.embedder import get_embedder
 from inference.extractive import ExtractiveSummarizer
-from inference.methods import T5NotConfigured, choose_method
 from inference.sentences import split_sentences
 from inference.t5 import PREFIX, T5Summarizer, get_t5_summarizer
+from services.methods import T5NotConfigured, choose_method
 
 LINES = [
     "The customer could not log in after changing the password on Monday.",
@@ -323,7 +323,7 @@ def test_unknown_method_is_refused():
 
 def test_method_choice_imports_without_torch():
     check = (
-        "import sys, inference.methods, inference.summary; "
+        "import sys, services.methods, inference.summary; "
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     )
     root = Path(__file__).resolve().parents[1]

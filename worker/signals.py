@@ -1,4 +1,5 @@
-"""Worker process set-up: logging, per-process resources after fork, model warm-up."""
+"""Worker process set-up: logging, per-process resources after fork, model warm-up,
+and, in a gpu worker, the model thread and the interactive lane."""
 
 import logging
 from typing import Any
@@ -9,13 +10,13 @@ from celery.signals import (
     worker_init,
     worker_process_init,
     worker_ready,
+    worker_shutdown,
 )
 
 from config import get_settings
 from config.logs import configure_logging
 from models.db import dispose_engines
 from worker.queues import Queue, task_modules_for
-from worker.timelimits import enforce_in_this_process
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,22 @@ def _consumes_gpu_queue(app: Celery) -> bool:
     return Queue.GPU.value in app.amqp.queues.consume_from
 
 
+_lane: Any = None
+
+
 def _warm_up_models() -> None:
+    """Load the models, start the model thread and open the interactive lane."""
+    global _lane
     # Imported here, not at the top: only gpu workers may import torch.
-    from services.models import load_embedder, load_t5
+    from inference.loaders import load_embedder, load_t5
+    from tasks.gpu import gpu_scheduler
+    from tasks.interactive import InteractiveLane
 
     settings = get_settings()
-    load_embedder(settings)
+    embedder = load_embedder(settings)
     if settings.summarizer_model_path is not None:
         load_t5(settings)
+    _lane = InteractiveLane(settings, gpu_scheduler(), embedder.info).start()
 
 
 def _ensure_memory_collection() -> None:
@@ -68,9 +77,9 @@ def _on_worker_init(sender: Any, **_: Any) -> None:
     if _consumes_gpu_queue(sender.app):
         # Batches form only from reserved messages (prefetch multiplier x
         # concurrency), so a gpu worker reserves many; others keep 1.
-        sender.prefetch_multiplier = get_settings().gpu_prefetch_multiplier
-    if "solo" in _pool_name(sender.pool_cls):
-        enforce_in_this_process()
+        sender.prefetch_multiplier = max(
+            1, get_settings().gpu_prefetch_multiplier // max(1, sender.concurrency)
+        )
 
 
 @worker_process_init.connect
@@ -83,7 +92,14 @@ def _on_process_init(**_: Any) -> None:
 
 @worker_ready.connect
 def _on_worker_ready(sender: Any, **_: Any) -> None:
-    """A solo pool runs tasks in this process: load the models before the first one."""
-    if "solo" in _pool_name(type(sender.pool)) and _consumes_gpu_queue(sender.app):
+    """A solo or threads pool runs tasks in this process: load the models before the first."""
+    pool = _pool_name(type(sender.pool))
+    if ("solo" in pool or "thread" in pool) and _consumes_gpu_queue(sender.app):
         _warm_up_models()
         log.info("models loaded; gpu worker ready")
+
+
+@worker_shutdown.connect
+def _on_worker_shutdown(**_: Any) -> None:
+    if _lane is not None:
+        _lane.stop()

@@ -1,4 +1,5 @@
-"""Which summarizer a job uses. Imports nothing heavy: the API checks a request with it."""
+"""Which summarizer a job uses. Imports nothing heavy: the API checks a request with it,
+and it must never import ``inference``."""
 
 from typing import Literal
 

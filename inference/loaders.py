@@ -1,8 +1,13 @@
 """This process's models, as the settings configure them (device, backend, export cache)."""
 
+from collections.abc import Callable
+from typing import Any
+
 from config import Settings
 from inference.backends.choice import BackendOptions
 from inference.embedder import Embedder, get_embedder
+from inference.per_process import PerProcess
+from inference.scheduler import Scheduler
 from inference.t5 import T5Summarizer, get_t5_summarizer
 
 
@@ -37,4 +42,26 @@ def load_t5(settings: Settings) -> T5Summarizer:
         batch_size=settings.summary_batch_size,
         backend=settings.inference_backend,
         options=backend_options(settings),
+    )
+
+
+_schedulers: PerProcess[Scheduler] = PerProcess()
+
+
+def load_scheduler(
+    settings: Settings, on_stuck: Callable[[list[Any]], None] | None = None
+) -> Scheduler:
+    """This process's model thread, running this process's embedder (and T5 calls)."""
+    embedder = load_embedder(settings)
+    return _schedulers.get(
+        (id(embedder), settings.embedding_batch_size, settings.embedding_batch_tokens),
+        lambda: Scheduler(
+            embedder,
+            dimensions=embedder.info.dimensions,
+            max_texts=settings.embedding_batch_size,
+            max_tokens=settings.embedding_batch_tokens,
+            hard_limit=settings.celery.task_time_limit,
+            on_stuck=on_stuck,
+            backend=embedder.info.backend,
+        ),
     )
