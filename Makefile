@@ -33,8 +33,11 @@ format: $(INSTALLED)
 	$(VENV)/bin/ruff format .
 
 bench: $(INSTALLED)
-	$(PY) -m bench.overhead
+	$(PY) -m bench.cost
 	$(PY) -m bench.throughput
+	$(PY) -m bench.interactive
+	$(PY) -m bench.peers
+	$(PY) -m bench.overhead
 	$(PY) -m bench.search
 	$(PY) -m bench.summarize
 	$(PY) -m bench.autoscale

@@ -18,11 +18,14 @@ watches them anew. Either way a lost notification costs time, never a wrong
 answer: at the deadline the rows are read.
 """
 
+import base64
 import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Self
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any, Self
 
 from sqlalchemy import Row
 
@@ -161,6 +164,10 @@ class JobWatch:
                 if not waiting:
                     return rows
                 woken = self._sleep(waiting, deadline)
+                if woken:
+                    rows = self._carried(rows)
+                    if all(is_final(job) for job in rows):
+                        return rows  # the announcements carried the rows: no read
                 rows = _merge(rows, read([job.id for job in rows]))
                 if not woken or all(is_final(job) for job in rows):
                     return rows
@@ -170,6 +177,28 @@ class JobWatch:
                 rows = _merge(rows, read([job.id for job in rows]))
         finally:
             gauge.dec()
+
+    def _carried(self, rows: Sequence[Any]) -> list[Any]:
+        """``rows``, each replaced by the row its announcement carried, if it carried one."""
+        out = []
+        for row in rows:
+            wait = self._waits.get(row.id)
+            carried = wait.rows.get(row.id) if wait is not None else None
+            out.append(row if carried is None else _announced_row(row, carried))
+        return out
+
+
+def _announced_row(before: Any, carried: dict[str, Any]) -> SimpleNamespace:
+    """The row an announcement carried (every column but ``params``, which the
+    request already has), with the types the database gives."""
+    values = {"vectors": None, **before._asdict(), **carried}
+    for name in ("created_at", "started_at", "finished_at"):
+        if isinstance(values.get(name), str):
+            values[name] = datetime.fromisoformat(values[name])
+    if isinstance(values.get("vectors"), str):
+        values["vectors"] = base64.b64decode(values["vectors"])
+    values["id"] = before.id
+    return SimpleNamespace(**values, _asdict=lambda: values)
 
 
 def _merge(before: Sequence[Row], after: Sequence[Row]) -> list[Row]:

@@ -28,7 +28,7 @@ import inference  # noqa: F401  # isort: skip  (before torch: env as in a worker
 
 from bench.stack import bench_settings, local_services, run_clients, running_stack
 from bench.summarize import make_texts, save_t5_small_sized
-from bench.throughput import text
+from bench.texts import text
 from inference.backends.choice import Backend
 from inference.backends.fidelity import APPROXIMATE, min_cosine
 from inference.embedder import Embedder, default_model_path

@@ -61,7 +61,7 @@ from bench.stack import (
     local_services,
     running_stack,
 )
-from bench.throughput import text
+from bench.texts import text
 
 WAIT_SECONDS = 30
 # A long poll answered with a non-final status sooner than this was not held.
@@ -109,6 +109,7 @@ class ModeResult:
     outcomes: list[JobOutcome]
     cpu: dict[str, float]  # CPU seconds per role over the timed part
     model: float | None  # the model's CPU seconds, None without the counter
+    texts_per_pass: float | None  # mean texts per embedding forward pass
 
     @property
     def jobs_per_second(self) -> float:
@@ -183,17 +184,23 @@ class Clients:
         return JobOutcome(time.perf_counter() - started, sent, applied, backend)
 
 
-def model_cpu_seconds(metrics_url: str) -> float | None:
-    """The gpu worker's ``convoq_inference_cpu_seconds_total``, summed over its labels;
-    None when it has no such counter."""
+def worker_counters(metrics_url: str) -> dict[str, float]:
+    """The gpu worker's model CPU (``convoq_inference_cpu_seconds_total``) and its
+    embedding forward passes and texts, each summed over its labels; a counter the
+    worker does not have is missing."""
     body = requests.get(metrics_url, timeout=10).text
-    samples = [
-        sample.value
-        for family in text_string_to_metric_families(body)
-        for sample in family.samples
-        if sample.name == MODEL_COUNTER
-    ]
-    return sum(samples) if samples else None
+    wanted = {
+        MODEL_COUNTER: "model",
+        "convoq_inference_batch_size_count": "passes",
+        "convoq_inference_batch_size_sum": "texts",
+    }
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            name = wanted.get(sample.name)
+            if name and sample.labels.get("operation", "embed") == "embed":
+                found[name] = found.get(name, 0.0) + sample.value
+    return found
 
 
 def roles(stack: RunningStack) -> list[ProcessRole]:
@@ -245,16 +252,16 @@ def run_mode(
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, range(first, first + clients)))
-        model_before = model_cpu_seconds(stack.gpu_worker.metrics_url)
+        before = worker_counters(stack.gpu_worker.metrics_url)
         with meter.measure() as reading:
             started = time.perf_counter()
             outcomes = list(pool.map(one, range(first + clients, first + clients + jobs)))
             elapsed = time.perf_counter() - started
-        model_after = model_cpu_seconds(stack.gpu_worker.metrics_url)
-    model = None
-    if model_before is not None and model_after is not None:
-        model = model_after - model_before
-    return ModeResult(mode, jobs, elapsed, outcomes, reading.seconds, model)
+        after = worker_counters(stack.gpu_worker.metrics_url)
+    delta = {name: after[name] - before[name] for name in after if name in before}
+    model = delta.get("model")
+    texts_per_pass = delta["texts"] / delta["passes"] if delta.get("passes") else None
+    return ModeResult(mode, jobs, elapsed, outcomes, reading.seconds, model, texts_per_pass)
 
 
 def table(results: list[ModeResult]) -> list[list[str]]:
@@ -271,6 +278,9 @@ def table(results: list[ModeResult]) -> list[list[str]]:
     outside = [None if r.model is None else r.server - r.model for r in results]
     rows.append(["outside the model", *(ms(o, r) for o, r in zip(outside, results, strict=True))])
     rows.append(["clients", *(ms(r.cpu["clients"], r) for r in results)])
+    rows.append(["texts per forward pass (mean)", *(
+        "n/a" if r.texts_per_pass is None else f"{r.texts_per_pass:.1f}" for r in results
+    )])  # fmt: skip
     rows.append(["jobs/s", *(f"{r.jobs_per_second:.1f}" for r in results)])
     rows.append(["p50 / p95 latency, ms", *(
         f"{r.latency(0.5) * 1000:.0f} / {r.latency(0.95) * 1000:.0f}" for r in results
@@ -305,13 +315,24 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=400)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=[mode.name for mode in MODES],
+        default=[mode.name for mode in MODES],
+        help="run only these modes",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run each mode this many times, one after another"
+    )
     args = parser.parse_args()
+    modes = [mode for mode in MODES if mode.name in args.modes] * args.repeat
 
     settings = bench_settings()
     results = []
     with local_services(settings) as log_dir, running_stack(settings, log_dir) as stack:
         meter = CpuMeter(roles(stack))
-        for index, mode in enumerate(MODES):
+        for index, mode in enumerate(modes):
             first = index * (args.jobs + args.clients)
             results.append(run_mode(stack, meter, mode, first, args.jobs, args.clients))
             print(f"{mode.name}: done", flush=True)

@@ -30,7 +30,7 @@ import requests
 from bench.cost import markdown, plain, roles
 from bench.procstat import CpuMeter, cpu_description
 from bench.stack import RunningStack, bench_settings, local_services, running_stack
-from bench.throughput import text
+from bench.texts import text
 from services.tenants import create_api_key
 
 QUERY = {"query": "when is the meeting about the river bank", "top_k": 5}

@@ -50,7 +50,7 @@ import requests
 from bench import infinity
 from bench.procstat import CpuMeter, ProcessRole, cpu_description, descendants, pids_named
 from bench.stack import FIRST_POLL_SECONDS, MAX_POLL_SECONDS, RunningStack
-from bench.throughput import text
+from bench.texts import text
 from tests.support import FINISHED
 
 MIN_COSINE = 0.999

@@ -1,54 +1,39 @@
-"""Embedding throughput end to end, against the model's own best.
+"""Embedding throughput end to end, against the model's own best, and its CPU per job.
 
     python -m bench.throughput [--clients 32] [--small-jobs 600] [--large-jobs 48]
 
 In one run, on this machine:
 
-1. raw ``encode`` of short texts in process, at batch 1, 16, 32, 64 and 128;
-   the best of these is the baseline;
+1. raw ``encode`` of short texts in process, at batch 1, 16, 32, 64 and 128,
+   with the backend the gpu worker runs (``INFERENCE_BACKEND``, ``auto`` by
+   default: the choice it measured and cached); the best of these is the
+   baseline;
 2. convoq, ``--clients`` concurrent HTTP clients each submitting embed jobs
-   with ``"store": true`` and polling each to ``succeeded`` (with backoff):
-   HTTP → row → queue → gpu worker (batched across jobs) → cpu worker →
-   Milvus and PostgreSQL → done. Once with one-text jobs, once with 64-text
-   jobs.
+   with ``"store": true`` and ``Prefer: wait`` (one request per job): HTTP →
+   row → queue → gpu worker (batched across jobs) → cpu worker → Milvus and
+   PostgreSQL → done. Once with one-text jobs, once with 64-text jobs.
 
-It prints texts/s and each ratio to the raw baseline. A benchmark, not a test.
+It prints texts/s, each ratio to the raw baseline, and the server's CPU per
+job by process (bench/procstat.py). A benchmark, not a test.
 """
 
 import argparse
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from bench.cost import SERVER_ROLES, roles
+from bench.procstat import CpuMeter, cpu_description
 from bench.stack import bench_settings, local_services, run_clients, running_stack
-
-WORDS = [
-    "the",
-    "quick",
-    "brown",
-    "fox",
-    "jumps",
-    "over",
-    "a",
-    "lazy",
-    "dog",
-    "near",
-    "the",
-    "river",
-    "bank",
-    "at",
-    "dawn",
-]
+from bench.texts import text
 
 
-def text(i: int) -> str:
-    """About twenty words, different for every i."""
-    return " ".join(WORDS[(i + k) % len(WORDS)] for k in range(18)) + f" number {i}"
+def raw_encode(batch_sizes: tuple[int, ...], texts: int) -> tuple[str, dict[int, float]]:
+    """The backend the gpu worker runs, and texts per second through its ``encode`` at
+    each batch size (the model alone)."""
+    from inference.loaders import load_embedder
 
-
-def raw_encode(batch_sizes: tuple[int, ...], texts: int) -> dict[int, float]:
-    """Texts per second through ``encode`` at each batch size (the model alone)."""
-    from inference.embedder import get_embedder
-
-    embedder = get_embedder(None)
+    embedder = load_embedder(bench_settings())
     sample = [text(i) for i in range(texts)]
     embedder.encode(sample[:64], batch_size=64)
     rates = {}
@@ -57,7 +42,7 @@ def raw_encode(batch_sizes: tuple[int, ...], texts: int) -> dict[int, float]:
         for start in range(0, texts, batch_size):
             embedder.encode(sample[start : start + batch_size], batch_size=batch_size)
         rates[batch_size] = texts / (time.perf_counter() - started)
-    return rates
+    return embedder.info.backend, rates
 
 
 def main() -> None:
@@ -70,26 +55,32 @@ def main() -> None:
 
     settings = bench_settings()
     with local_services(settings) as log_dir:
-        raw = raw_encode((1, 16, 32, 64, 128), args.raw_texts)
+        backend, raw = raw_encode((1, 16, 32, 64, 128), args.raw_texts)
         with running_stack(settings, log_dir) as stack:
+            meter = CpuMeter(roles(stack))
+            small_cpu: list = []
             small, small_p50 = run_clients(
                 stack,
                 "/v1/jobs/embed",
                 lambda i: {"texts": [text(i)], "store": True},
                 args.small_jobs,
                 args.clients,
+                during=lambda: _measured(meter, small_cpu),
             )
+            large_cpu: list = []
             large, large_p50 = run_clients(
                 stack,
                 "/v1/jobs/embed",
-                lambda i: {"texts": [text(64 * i + k) for k in range(64)], "store": True},
+                lambda i: {"texts": [text(100_000 + 64 * i + k) for k in range(64)], "store": True},
                 args.large_jobs,
                 args.clients,
+                during=lambda: _measured(meter, large_cpu),
             )
 
     best_batch, best = max(raw.items(), key=lambda item: item[1])
+    print(cpu_description())
     for batch_size, rate in raw.items():
-        print(f"raw encode, batch {batch_size:>3}:                {rate:8.1f} texts/s")
+        print(f"raw encode ({backend}), batch {batch_size:>3}:          {rate:8.1f} texts/s")
     print(
         f"convoq 1-text jobs, {args.clients} clients, store:  {small:8.1f} texts/s"
         f"   (p50 submit→succeeded {small_p50 * 1000:.0f} ms)"
@@ -102,6 +93,22 @@ def main() -> None:
     print(
         f"ratio 64-text jobs ÷ raw best (batch {best_batch}): {large * 64 / best:8.3f}  goal ≥ 0.90"
     )
+    for label, reading, jobs in (
+        ("1-text jobs", small_cpu[0], args.small_jobs),
+        ("64-text jobs", large_cpu[0], args.large_jobs),
+    ):
+        server = sum(v for role, v in reading.seconds.items() if role in SERVER_ROLES)
+        parts = ", ".join(
+            f"{role} {reading.seconds[role] / jobs * 1000:.1f}" for role in SERVER_ROLES
+        )
+        print(f"CPU ms per job, {label}: server {server / jobs * 1000:.1f} ({parts})")
+
+
+@contextmanager
+def _measured(meter: CpuMeter, into: list) -> Iterator[None]:
+    with meter.measure() as reading:
+        yield
+    into.append(reading)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ class CelerySettings(BaseModel):
     task_serializer: Literal["json"] = "json"
     result_serializer: Literal["json"] = "json"
     accept_content: list[str] = ["json"]
-    # The job row is the result; tasks that answer an RPC opt back in.
+    # The job row is the result: no Celery result backend is configured.
     task_ignore_result: bool = True
     # A task is acknowledged only once it has finished, and a task whose worker
     # process died is put back on the queue rather than lost.
@@ -41,13 +41,15 @@ class CelerySettings(BaseModel):
     # Workers look for messages whose worker died this often. Kombu's default
     # (10s, scanning on every 10th look) would add up to 100s to a redelivery.
     broker_unacked_restore_interval: int = 10
-    # On Redis, 0 is the highest priority: jobs run at 6, search queries at 0
-    # (worker.queues.QUERY_PRIORITY), so a query overtakes the waiting jobs.
+    # On Redis, 0 is the highest priority; jobs run at 6, so an operator can
+    # publish a task ahead of them. (Interactive requests skip the queues:
+    # services/gpu_rpc.py.)
     task_default_priority: int = 6
-    # Only search-query RPCs store results; they are read within seconds.
-    result_expires: int = 600
     worker_send_task_events: bool = True
-    task_send_sent_event: bool = True
+    # Flower learns of a task when a worker receives it. A "sent" event per
+    # publish cost the API 5% of its CPU per job; CELERY__TASK_SEND_SENT_EVENT=1
+    # turns it back on, to see tasks in Flower while they wait in the queue.
+    task_send_sent_event: bool = False
     worker_hijack_root_logger: bool = False
     broker_connection_retry_on_startup: bool = True
     # Recycle a CPU-pool child that grows past 1 GiB (resident, in KiB).
@@ -83,9 +85,7 @@ class CelerySettings(BaseModel):
         config["broker_url"] = broker_url
         # kombu's Redis transport, reusing its client objects (worker/transport.py).
         config["broker_transport"] = "worker.transport:Transport"
-        config["result_backend"] = broker_url
         config["broker_transport_options"] = transport_options
-        config["result_backend_transport_options"] = transport_options
         return config
 
 
@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     )
 
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/convoq"
+    # Connections each process keeps to PostgreSQL (no more are made: callers wait
+    # up to the timeout for one). Mind max_connections: every API worker, the gpu
+    # worker and every cpu pool process has its own pool.
+    database_pool_size: PositiveInt = 10
+    database_pool_timeout: Annotated[float, Field(gt=0)] = 10.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     milvus_uri: str = "http://127.0.0.1:19530"
     milvus_collection: str = "convoq_memory"

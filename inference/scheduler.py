@@ -32,7 +32,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -68,13 +68,24 @@ class _EmbedWork:
     # When its first text entered a forward pass (time.monotonic()).
     started: float | None = None
 
-    def prepare(self, encoder: Encoder) -> None:
-        """Count tokens (on the model thread: tokenizers are not thread-safe)."""
-        if self.tokens is None:
-            self.tokens = encoder.token_counts(self.texts)
-            order = sorted(range(len(self.texts)), key=lambda i: -self.tokens[i])
-            self.remaining = deque(order)
-            self.vectors = np.empty((len(self.texts), self.dimensions), dtype=np.float32)
+    def prepare(self, tokens: list[int]) -> None:
+        """Take its texts' token counts, and order them longest first."""
+        self.tokens = tokens
+        self.remaining = deque(sorted(range(len(self.texts)), key=lambda i: -tokens[i]))
+        self.vectors = np.empty((len(self.texts), self.dimensions), dtype=np.float32)
+
+
+def _prepare(works: Iterable[_EmbedWork], encoder: Encoder) -> None:
+    """Count the tokens of every work not yet counted, in one tokenizer call (on the
+    model thread: tokenizers are not thread-safe)."""
+    unprepared = [work for work in works if work.tokens is None]
+    if not unprepared:
+        return
+    counts = encoder.token_counts([text for work in unprepared for text in work.texts])
+    start = 0
+    for work in unprepared:
+        work.prepare(counts[start : start + len(work.texts)])
+        start += len(work.texts)
 
 
 @dataclass(eq=False)
@@ -237,8 +248,7 @@ class Scheduler:
         if self._interactive:
             # Interactive texts run in passes of their own: a short pass answers them
             # sooner than one filled up with bulk texts.
-            for work in self._interactive:
-                work.prepare(self.encoder)
+            _prepare(self._interactive, self.encoder)
             self._fill(planned, self._interactive)
             while self._interactive and not self._interactive[0].remaining:
                 self._interactive.popleft()
@@ -246,6 +256,15 @@ class Scheduler:
         call = self._next_call()
         if call is not None:
             return call
+        _prepare(
+            (
+                work
+                for queue in self._bulk.values()
+                for work in queue
+                if isinstance(work, _EmbedWork)
+            ),
+            self.encoder,
+        )
         tenants = deque(self._bulk)
         while tenants and len(planned.items) < self.max_texts:
             tenant = tenants.popleft()
@@ -253,7 +272,6 @@ class Scheduler:
             head = queue[0]
             if isinstance(head, _CallWork):
                 continue  # a whole call waits for a pass of its own
-            head.prepare(self.encoder)
             index = head.remaining[0]
             tokens = head.tokens[index]  # type: ignore[index]
             if not planned.fits(tokens, self.max_texts, self.max_tokens):

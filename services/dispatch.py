@@ -35,4 +35,5 @@ def publish_jobs(celery: Celery, jobs: Sequence[Row]) -> None:
                 args=task_args(JobMessage(job_id=job.id)),
                 task_id=str(job.id),
                 producer=producer,
+                ignore_result=True,
             )

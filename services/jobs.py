@@ -13,7 +13,7 @@ delivered a second time, and two deliveries cannot both finish it.
 Every method takes many jobs at once where workers need it, in one statement:
 a batch of N jobs costs the same number of round trips as one job. Rows come
 back as SQLAlchemy ``Row`` objects with the ``jobs`` columns as attributes.
-Once a job reaches a final status, ``notify`` is told its id (after the
+Once a job reaches a final status, ``notify`` is told its row (after the
 commit): that is what wakes requests waiting for it.
 """
 
@@ -36,9 +36,12 @@ from models.db import transaction
 JOBS = Job.__table__
 # Everything but the vectors, which only readers of results need.
 SUMMARY_COLUMNS = tuple(column for column in JOBS.c if column.name != "vectors")
-_FINISHED_COLUMNS = (JOBS.c.id, JOBS.c.type, JOBS.c.created_at, JOBS.c.finished_at)
+# What a change to a final status returns: everything but the parameters, for
+# the metrics and for the announcement that carries the row to its waiters.
+_FINISHED_COLUMNS = tuple(column for column in JOBS.c if column.name != "params")
 
-Notify = Callable[[Iterable[uuid.UUID]], None]
+# Told the rows of the jobs that reached a final status (``services.notify``).
+Notify = Callable[[Sequence[Row]], None]
 
 
 class JobNotFound(LookupError):
@@ -116,6 +119,7 @@ def _running() -> Any:
 
 # One statement finishes many jobs, each with its own result: the values come
 # as parallel arrays, unnested into rows.
+# (RETURNING lists _FINISHED_COLUMNS, in their order.)
 _SUCCEED_MANY = text(
     """
     UPDATE jobs SET status = 'succeeded', result = v.result, vectors = v.vectors,
@@ -123,18 +127,22 @@ _SUCCEED_MANY = text(
     FROM unnest(CAST(:ids AS uuid[]), CAST(:results AS jsonb[]), CAST(:vectors AS bytea[]))
         AS v(id, result, vectors)
     WHERE jobs.id = v.id AND jobs.status = 'running'
-    RETURNING jobs.id, jobs.type, jobs.created_at, jobs.finished_at
+    RETURNING jobs.id, jobs.tenant_id, jobs.type, jobs.status, jobs.result, jobs.vectors,
+        jobs.error_code, jobs.error_message, jobs.progress_done, jobs.progress_total,
+        jobs.attempts, jobs.idempotency_key, jobs.created_at, jobs.started_at, jobs.finished_at
     """
-)
+).columns(*_FINISHED_COLUMNS)
 _SUCCEED_MANY_KEEPING_VECTORS = text(
     """
     UPDATE jobs SET status = 'succeeded', result = v.result,
         progress_done = jobs.progress_total, finished_at = now()
     FROM unnest(CAST(:ids AS uuid[]), CAST(:results AS jsonb[])) AS v(id, result)
     WHERE jobs.id = v.id AND jobs.status = 'running'
-    RETURNING jobs.id, jobs.type, jobs.created_at, jobs.finished_at
+    RETURNING jobs.id, jobs.tenant_id, jobs.type, jobs.status, jobs.result, jobs.vectors,
+        jobs.error_code, jobs.error_message, jobs.progress_done, jobs.progress_total,
+        jobs.attempts, jobs.idempotency_key, jobs.created_at, jobs.started_at, jobs.finished_at
     """
-)
+).columns(*_FINISHED_COLUMNS)
 _STORE_VECTORS_MANY = text(
     """
     UPDATE jobs SET vectors = v.vectors
@@ -170,10 +178,9 @@ class JobStore:
             metrics.observe_finished(
                 JobType(row.type).value, status.value, row.created_at, row.finished_at
             )
-        ids = {row.id for row in rows}
-        if ids and self.notify is not None:
-            self.notify(ids)
-        return ids
+        if rows and self.notify is not None:
+            self.notify(rows)
+        return {row.id for row in rows}
 
     # -- submission -------------------------------------------------------
 

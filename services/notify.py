@@ -1,11 +1,13 @@
 """Notifications over Redis pub/sub: jobs that finished, and answers to interactive requests.
 
 Whoever ends a job (a worker, or the API canceling it) publishes its id on
-the finished-jobs channel once the row is committed. Each API process runs
-one ``Listener`` thread subscribed to that channel and to a reply channel of
-its own; requests waiting for a job (``Prefer: wait``, ``?wait=``) or for the
-gpu pool's answer sleep on an event until the listener wakes them. Nothing
-polls the database: a wait reads the row once before sleeping and once after.
+the finished-jobs channel once the row is committed, with the row itself when
+it is small (``JobsFinished``). Each API process runs one ``Listener`` thread
+subscribed to that channel and to a reply channel of its own; requests
+waiting for a job (``Prefer: wait``, ``?wait=``) or for the gpu pool's answer
+sleep on an event until the listener wakes them. Nothing polls the database:
+a wait reads the row once before sleeping and, unless the announcement
+carried it, once after.
 
 A notification can be lost (Redis restarting, the publisher dying between
 commit and publish): waiters then wake at their deadline and read the row,
@@ -17,15 +19,19 @@ carry the database number: tests, benchmarks and ``make run`` can share a
 server without hearing each other.
 """
 
+import base64
 import logging
 import os
 import threading
 import uuid
 from collections.abc import Callable, Iterable
 from functools import cache
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+
+from worker.messages import FinishedJob, JobsFinished, MalformedMessage, read_finished
 
 log = logging.getLogger(__name__)
 
@@ -62,28 +68,53 @@ def notify_client(redis_url: str) -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
-def publish_finished(redis_url: str, job_ids: Iterable[uuid.UUID]) -> None:
-    """Say these jobs reached a final status (after the commit). Never raises."""
-    ids = " ".join(str(job_id) for job_id in job_ids)
-    if not ids:
+# A row heavier than this (an embed job of more than a few texts) is not
+# carried: its waiters read it from the database.
+MAX_CARRIED_ROW_BYTES = 16 * 1024
+
+
+def _carried(row: Any) -> dict[str, Any] | None:
+    values = {name: getattr(row, name) for name in row._fields if name != "params"}
+    vectors = values.get("vectors")
+    if vectors is not None:
+        if len(vectors) > MAX_CARRIED_ROW_BYTES:
+            return None
+        values["vectors"] = base64.b64encode(vectors).decode()
+    return values
+
+
+def publish_finished(redis_url: str, rows: Iterable[Any]) -> None:
+    """Say these jobs reached a final status (after the commit). Never raises.
+
+    ``rows`` are the jobs' rows as the change returned them (at least their
+    ``id``); what they hold is carried along for the waiters.
+    """
+    jobs = [FinishedJob(id=row.id, row=_carried(row)) for row in rows]
+    if not jobs:
         return
+    message = JobsFinished(jobs=jobs).model_dump_json()
+    if len(message) > MAX_CARRIED_ROW_BYTES * 4:
+        message = JobsFinished(jobs=[FinishedJob(id=job.id) for job in jobs]).model_dump_json()
     try:
-        notify_client(redis_url).publish(finished_channel(redis_url), ids)
+        notify_client(redis_url).publish(finished_channel(redis_url), message)
     except redis.RedisError as exc:
         log.warning("could not publish finished jobs", extra={"error": str(exc)})
 
 
-def finished_notifier(redis_url: str) -> Callable[[Iterable[uuid.UUID]], None]:
+def finished_notifier(redis_url: str) -> Callable[[Iterable[Any]], None]:
     """``publish_finished`` bound to a URL: what ``JobStore`` is given."""
-    return lambda job_ids: publish_finished(redis_url, job_ids)
+    return lambda rows: publish_finished(redis_url, rows)
 
 
 class JobWait:
     """Jobs one request waits for; ``event`` is set once all were announced finished
-    (or the listener reconnected, when they must be read again)."""
+    (or the listener reconnected, when they must be read again). ``rows`` holds
+    the rows the announcements carried, by job id."""
 
     def __init__(self, job_ids: Iterable[uuid.UUID]) -> None:
-        self.pending = {str(job_id) for job_id in job_ids}
+        self.job_ids = frozenset(job_ids)
+        self.pending = set(self.job_ids)
+        self.rows: dict[uuid.UUID, dict[str, Any]] = {}
         self.event = threading.Event()
 
 
@@ -103,7 +134,7 @@ class Listener:
         )
         self._finished = finished_channel(redis_url)
         self._lock = threading.Lock()
-        self._job_waits: dict[str, set[JobWait]] = {}
+        self._job_waits: dict[uuid.UUID, set[JobWait]] = {}
         self._replies: dict[str, ReplySlot] = {}
         self._subscribed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="convoq-listener", daemon=True)
@@ -122,11 +153,12 @@ class Listener:
 
     def unwatch(self, wait: JobWait) -> None:
         with self._lock:
-            for job_id in list(self._job_waits):
-                waits = self._job_waits[job_id]
-                waits.discard(wait)
-                if not waits:
-                    del self._job_waits[job_id]
+            for job_id in wait.job_ids:
+                waits = self._job_waits.get(job_id)
+                if waits is not None:
+                    waits.discard(wait)
+                    if not waits:
+                        del self._job_waits[job_id]
 
     # -- waiting for replies -----------------------------------------------
 
@@ -174,7 +206,12 @@ class Listener:
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         if channel.decode() == self._finished:
-            self._announce_finished(data.decode().split())
+            try:
+                finished = read_finished(data)
+            except MalformedMessage as exc:
+                log.error("malformed announcement dropped", extra={"error": str(exc)[:500]})
+                return
+            self._announce_finished(finished.jobs)
             return
         request_id, _, payload = data.partition(b"\n")
         with self._lock:
@@ -183,11 +220,13 @@ class Listener:
             slot.payload = payload
             slot.event.set()
 
-    def _announce_finished(self, job_ids: list[str]) -> None:
+    def _announce_finished(self, jobs: list[FinishedJob]) -> None:
         with self._lock:
-            for job_id in job_ids:
-                for wait in self._job_waits.pop(job_id, ()):
-                    wait.pending.discard(job_id)
+            for job in jobs:
+                for wait in self._job_waits.pop(job.id, ()):
+                    wait.pending.discard(job.id)
+                    if job.row is not None:
+                        wait.rows[job.id] = job.row
                     if not wait.pending:
                         wait.event.set()
 

@@ -21,9 +21,11 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
+from typing import Any
 
 from celery import Celery, Task, shared_task
-from celery_batches import Batches, SimpleRequest
+from celery.worker.request import Request
+from celery_batches import Batches, SimpleRequest, apply_batches_task
 
 from worker.messages import (
     MalformedMessage,
@@ -58,6 +60,51 @@ class Delivery:
     @property
     def retries(self) -> int:
         return int((self.request.request_dict or {}).get("retries") or 0)
+
+
+class BulkAckBatches(Batches):
+    """celery-batches, acknowledging a batch's messages together once it returns.
+
+    celery-batches acknowledges each message on its own, one Redis round trip
+    per message; here each channel acknowledges all of the batch's messages in
+    one (``worker.transport.Channel.basic_ack_many``). Every task of ours acks
+    late, so this happens after the batch function returned.
+    """
+
+    abstract = True
+
+    def flush(self, requests: Sequence[Request]) -> object:
+        requests = list(requests)
+        serializable = ([SimpleRequest.from_request(r) for r in requests],)
+        return self._pool.apply_async(
+            apply_batches_task,
+            (self, serializable, 0, None),
+            callback=lambda _result: acknowledge(requests),
+        )
+
+
+def acknowledge(requests: Sequence[Request]) -> None:
+    """Acknowledge the requests' messages, in one round trip per channel when it can."""
+    by_channel: dict[int, list[Request]] = {}
+    for request in requests:
+        if not request.acknowledged:
+            by_channel.setdefault(id(request.message.channel), []).append(request)
+    for group in by_channel.values():
+        channel = group[0].message.channel
+        if not hasattr(channel, "basic_ack_many"):  # another transport: one by one
+            for request in group:
+                request.acknowledge()
+            continue
+        try:
+            channel.basic_ack_many([r.message.delivery_tag for r in group])
+        except Exception:
+            # As celery-batches does for one message: the messages stay unacked
+            # and come back after the visibility timeout; the job rows decide.
+            log.critical("could not acknowledge a batch's messages", exc_info=True)
+            continue
+        for request in group:
+            request.message._state = "ACK"
+            request.acknowledged = True
 
 
 class Batch:
@@ -108,6 +155,7 @@ def batch_task(
     def decorator(work: BatchWork) -> Task:
         def run(task: Task, requests: Sequence[SimpleRequest]) -> None:
             deliveries = [d for r in requests if (d := _read(r)) is not None]
+            _announce_received(task, deliveries)
             started = perf_counter()
             requeued: set[str] = set()
             given_up: list[Delivery] = []
@@ -128,7 +176,7 @@ def batch_task(
         run.__module__ = work.__module__
         return shared_task(
             name=name.value,
-            base=Batches,
+            base=BulkAckBatches,
             bind=True,
             queue=TASK_QUEUES[name].value,
             ignore_result=True,
@@ -151,6 +199,41 @@ def _read(request: SimpleRequest) -> Delivery | None:
         return None
 
 
+def _send_events(task: Task, deliveries: Sequence[Delivery], event: Callable[..., None]) -> None:
+    """Send task events for the deliveries, in one Redis round trip, as a worker sends
+    them for ordinary tasks: Flower shows batched requests from them."""
+    if not deliveries or not task.app.conf.worker_send_task_events:
+        return
+    try:
+        with (
+            task.app.events.default_dispatcher(hostname=deliveries[0].request.hostname) as events,
+            events.producer.batch(),
+        ):
+            for delivery in deliveries:
+                event(events, delivery)
+    except Exception:
+        log.warning("could not send the batch's task events", exc_info=True)
+
+
+def _announce_received(task: Task, deliveries: Sequence[Delivery]) -> None:
+    def received(events: Any, delivery: Delivery) -> None:
+        request = delivery.request
+        events.send(
+            "task-received",
+            uuid=request.id,
+            name=request.name,
+            args=repr(request.args),
+            kwargs=repr(request.kwargs),
+            retries=delivery.retries,
+            eta=None,
+            expires=None,
+            root_id=request.id,
+            parent_id=None,
+        )
+
+    _send_events(task, deliveries, received)
+
+
 def _announce(
     task: Task,
     deliveries: Sequence[Delivery],
@@ -158,23 +241,19 @@ def _announce(
     given_up: Sequence[Delivery],
     runtime: float,
 ) -> None:
-    """Send each request's outcome as a task event, as the worker does for an
-    ordinary task, so Flower shows batched requests finishing."""
-    if not deliveries or not task.app.conf.worker_send_task_events:
-        return
+    """Each request's outcome, as a task event."""
     dropped = {d.request.id for d in given_up}
-    try:
-        with task.app.events.default_dispatcher(hostname=deliveries[0].request.hostname) as events:
-            for delivery in deliveries:
-                request_id = delivery.request.id
-                if request_id in dropped:
-                    events.send("task-failed", uuid=request_id, exception="batch kept failing")
-                elif request_id in requeued:
-                    events.send("task-retried", uuid=request_id, exception="queued again")
-                else:
-                    events.send("task-succeeded", uuid=request_id, result="", runtime=runtime)
-    except Exception:
-        log.warning("could not send the batch's task events", exc_info=True)
+
+    def outcome(events: Any, delivery: Delivery) -> None:
+        request_id = delivery.request.id
+        if request_id in dropped:
+            events.send("task-failed", uuid=request_id, exception="batch kept failing")
+        elif request_id in requeued:
+            events.send("task-retried", uuid=request_id, exception="queued again")
+        else:
+            events.send("task-succeeded", uuid=request_id, result="", runtime=runtime)
+
+    _send_events(task, deliveries, outcome)
 
 
 def requeue(app: Celery, delivery: Delivery) -> None:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import redis
 import requests
 from sentence_transformers import SentenceTransformer
 
@@ -14,6 +15,7 @@ from tests.support import (
     metric_value,
     private_broker,
     submit_embed,
+    wait_for,
     wait_for_job,
 )
 
@@ -43,6 +45,10 @@ def test_fifty_one_text_jobs_share_forward_passes(
         with WorkerProcess({**worker_env, "REDIS_URL": url}, tmp_path, **GPU_POOL) as worker:
             results = [wait_for_job(client, headers, job_id, timeout=120) for job_id in jobs]
             passes, served = passes_and_texts(worker)
+            # A batch acknowledges its messages together: none is left behind.
+            broker = redis.Redis.from_url(url)
+            wait_for(lambda: broker.hlen("unacked") == 0, 10, "the messages to be acknowledged")
+            assert broker.zcard("unacked_index") == 0
 
     assert all(done["status"] == "succeeded" for done in results)
     assert served >= 50

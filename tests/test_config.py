@@ -19,8 +19,9 @@ def test_reliability_settings_reach_the_celery_app(app, settings):
     assert conf.task_serializer == conf.result_serializer == "json"
     assert list(conf.accept_content) == ["json"]
     assert conf.worker_send_task_events is True
-    assert conf.task_send_sent_event is True
+    assert conf.task_send_sent_event is False
     assert conf.task_ignore_result is True
+    assert not conf.result_backend, "the job row is the result"
     assert conf.worker_max_memory_per_child > 0
     assert conf.broker_url == settings.redis_url
 

@@ -31,7 +31,6 @@ from kombu.transport.redis import PRIORITY_STEPS
 from kombu.transport.redis import Channel as RedisChannel
 
 from config import Settings
-from worker.queues import QUERY_PRIORITY
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -736,18 +735,21 @@ class RedisListNames:
     list_for = RedisChannel._q_for_pri
 
 
+URGENT_PRIORITY = 0  # Redis serves it first
+
+
 def test_the_redis_lists_fallback_names_the_lists_jobs_are_in(cluster_settings):
     names = RedisListNames()
     job_priority = cluster_settings.celery.task_default_priority
     # Jobs are not in the bare list: that is why one trigger per list is needed.
     assert names.list_for("cpu", job_priority) == "cpu\x06\x166"
-    assert names.list_for("gpu", QUERY_PRIORITY) == "gpu"
+    assert names.list_for("gpu", URGENT_PRIORITY) == "gpu"
     for pool in ("gpu", "cpu"):
         scaled = objects("ScaledObject", K8S / "fallback")[f"convoq-worker-{pool}"]
         triggers = scaled["spec"]["triggers"]
         assert {t["type"] for t in triggers} == {"redis"}
         lists = {t["metadata"]["listName"] for t in triggers}
-        assert lists == {names.list_for(pool, job_priority), names.list_for(pool, QUERY_PRIORITY)}
+        assert lists == {names.list_for(pool, job_priority), names.list_for(pool, URGENT_PRIORITY)}
 
 
 # --- Prometheus -----------------------------------------------------------------

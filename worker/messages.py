@@ -18,6 +18,9 @@ Interactive requests to the gpu pool (``services.gpu_rpc``), outside Celery:
 
 and their answers, ``EmbeddingsReply``, ``SearchReply`` and ``ErrorReply``.
 
+Announcements on pub/sub (``services.notify``): ``JobsFinished``, the jobs
+that reached a final status, each with its row when it is small.
+
 Build messages with the models and read them with ``read_message``: a
 message that cannot be read raises ``MalformedMessage``, whatever is wrong
 with it.
@@ -166,5 +169,28 @@ _replies: TypeAdapter[Reply] = TypeAdapter(Reply)
 def read_reply(raw: bytes | str) -> Reply:
     try:
         return _replies.validate_json(raw)
+    except ValidationError as exc:
+        raise MalformedMessage(str(exc)) from exc
+
+
+# -- announcements -----------------------------------------------------------
+
+
+class FinishedJob(_Message):
+    id: uuid.UUID
+    # The row after the change (its columns but ``params``; ``vectors`` in
+    # base64), when small enough to carry: a request waiting for the job
+    # answers from it without reading the row again.
+    row: dict[str, Any] | None = None
+
+
+class JobsFinished(_Message):
+    kind: Literal["finished"] = "finished"
+    jobs: list[FinishedJob]
+
+
+def read_finished(raw: bytes | str) -> JobsFinished:
+    try:
+        return JobsFinished.model_validate_json(raw)
     except ValidationError as exc:
         raise MalformedMessage(str(exc)) from exc

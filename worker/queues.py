@@ -13,8 +13,8 @@ class Queue(StrEnum):
 
 
 class TaskName(StrEnum):
-    # gpu, batched across jobs: every embedding request (embed jobs, search
-    # queries, the conversation pipeline's embed step) shares forward passes.
+    # gpu, batched across jobs: embed jobs and the conversation pipeline's embed
+    # step share forward passes (with interactive requests, tasks/interactive.py).
     EMBED = "tasks.embed.embed"
     SUMMARIZE = "tasks.summarize.summarize"
     # cpu
@@ -30,9 +30,6 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.PERSIST_CONVERSATION: Queue.CPU,
     TaskName.STORE_CONVERSATION: Queue.CPU,
 }
-
-# Redis serves priority 0 first; everything else runs at task_default_priority.
-QUERY_PRIORITY = 0
 
 
 def task_routes() -> dict[str, dict[str, str]]:
