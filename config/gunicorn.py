@@ -29,6 +29,8 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         prefix="convoq-api-metrics-"
     )
 
+from gunicorn import glogging  # noqa: E402
+
 from config import get_settings, metrics  # noqa: E402
 
 _settings = get_settings()
@@ -74,6 +76,21 @@ logconfig_dict = {
         "gunicorn.error": {"handlers": ["stderr"], "level": _settings.log_level, "propagate": False}
     },
 }
+
+
+class Logger(glogging.Logger):
+    """gunicorn's logger, but no access lines unless ``accesslog`` asks for them.
+
+    gunicorn builds every request's access-log fields whenever a logging
+    config is given (ours makes its own logs JSON), only for the logger to drop
+    them: 3% of the API's CPU per job.
+    """
+
+    def _compute_access_log_enabled(self) -> bool:
+        return bool(self.cfg.accesslog)
+
+
+logger_class = Logger
 
 
 def on_starting(server: object) -> None:

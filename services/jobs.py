@@ -26,12 +26,27 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Uuid, and_, any_, bindparam, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Integer,
+    Row,
+    Uuid,
+    and_,
+    any_,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from config import metrics
 from models import ACTIVE_STATUSES, AuditLog, Job, JobErrorCode, JobStatus, JobType
 from models.db import transaction
+from services.notify import MAX_CARRIED_ROW_BYTES
 
 JOBS = Job.__table__
 # Everything but the vectors, which only readers of results need.
@@ -119,7 +134,8 @@ def _running() -> Any:
 
 # One statement finishes many jobs, each with its own result: the values come
 # as parallel arrays, unnested into rows.
-# (RETURNING lists _FINISHED_COLUMNS, in their order.)
+# RETURNING lists _FINISHED_COLUMNS in their order; vectors only when they are
+# small enough for the announcement to carry (megabytes for a big job, else).
 _SUCCEED_MANY = text(
     """
     UPDATE jobs SET status = 'succeeded', result = v.result, vectors = v.vectors,
@@ -127,22 +143,26 @@ _SUCCEED_MANY = text(
     FROM unnest(CAST(:ids AS uuid[]), CAST(:results AS jsonb[]), CAST(:vectors AS bytea[]))
         AS v(id, result, vectors)
     WHERE jobs.id = v.id AND jobs.status = 'running'
-    RETURNING jobs.id, jobs.tenant_id, jobs.type, jobs.status, jobs.result, jobs.vectors,
+    RETURNING jobs.id, jobs.tenant_id, jobs.type, jobs.status, jobs.result,
+        CASE WHEN octet_length(jobs.vectors) <= :carried_bytes THEN jobs.vectors END AS vectors,
         jobs.error_code, jobs.error_message, jobs.progress_done, jobs.progress_total,
-        jobs.attempts, jobs.idempotency_key, jobs.created_at, jobs.started_at, jobs.finished_at
+        jobs.attempts, jobs.idempotency_key, jobs.created_at, jobs.started_at, jobs.finished_at,
+        octet_length(jobs.vectors) AS vectors_bytes
     """
-).columns(*_FINISHED_COLUMNS)
+).columns(*_FINISHED_COLUMNS, literal_column("vectors_bytes", Integer))
 _SUCCEED_MANY_KEEPING_VECTORS = text(
     """
     UPDATE jobs SET status = 'succeeded', result = v.result,
         progress_done = jobs.progress_total, finished_at = now()
     FROM unnest(CAST(:ids AS uuid[]), CAST(:results AS jsonb[])) AS v(id, result)
     WHERE jobs.id = v.id AND jobs.status = 'running'
-    RETURNING jobs.id, jobs.tenant_id, jobs.type, jobs.status, jobs.result, jobs.vectors,
+    RETURNING jobs.id, jobs.tenant_id, jobs.type, jobs.status, jobs.result,
+        CASE WHEN octet_length(jobs.vectors) <= :carried_bytes THEN jobs.vectors END AS vectors,
         jobs.error_code, jobs.error_message, jobs.progress_done, jobs.progress_total,
-        jobs.attempts, jobs.idempotency_key, jobs.created_at, jobs.started_at, jobs.finished_at
+        jobs.attempts, jobs.idempotency_key, jobs.created_at, jobs.started_at, jobs.finished_at,
+        octet_length(jobs.vectors) AS vectors_bytes
     """
-).columns(*_FINISHED_COLUMNS)
+).columns(*_FINISHED_COLUMNS, literal_column("vectors_bytes", Integer))
 _STORE_VECTORS_MANY = text(
     """
     UPDATE jobs SET vectors = v.vectors
@@ -361,7 +381,11 @@ class JobStore:
         if not results:
             return set()
         ids = list(results)
-        values: dict[str, Any] = {"ids": ids, "results": [json.dumps(results[i]) for i in ids]}
+        values: dict[str, Any] = {
+            "ids": ids,
+            "results": [json.dumps(results[i]) for i in ids],
+            "carried_bytes": MAX_CARRIED_ROW_BYTES,
+        }
         statement = _SUCCEED_MANY_KEEPING_VECTORS
         if vectors is not None:
             statement, values["vectors"] = _SUCCEED_MANY, [vectors.get(i) for i in ids]

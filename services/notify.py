@@ -74,11 +74,16 @@ MAX_CARRIED_ROW_BYTES = 16 * 1024
 
 
 def _carried(row: Any) -> dict[str, Any] | None:
+    """The row for the announcement; None when its vectors are too big to carry (the
+    change then returned them as NULL, with their size in ``vectors_bytes``)."""
     values = {name: getattr(row, name) for name in row._fields if name != "params"}
     vectors = values.get("vectors")
+    size = values.pop("vectors_bytes", None)
+    if size is None and vectors is not None:
+        size = len(vectors)
+    if size is not None and (size > MAX_CARRIED_ROW_BYTES or vectors is None):
+        return None
     if vectors is not None:
-        if len(vectors) > MAX_CARRIED_ROW_BYTES:
-            return None
         values["vectors"] = base64.b64encode(vectors).decode()
     return values
 
