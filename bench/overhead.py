@@ -8,9 +8,9 @@ In one run, on the same Redis and PostgreSQL:
    worker (prefork, 2 processes), end to end;
 2. raw ``model.encode`` of one short text at a time (batch 1), in process;
 3. convoq: ``--clients`` concurrent HTTP clients, each submitting one-text
-   embed jobs and polling each to ``succeeded`` with backoff (20 ms doubling
-   to 500 ms), through HTTP → row → queue → gpu worker → row, against the
-   real gunicorn API and the solo gpu worker (which batches across jobs).
+   embed jobs with ``Prefer: wait`` (one request per job), through HTTP → row
+   → queue → gpu worker → row, against the real gunicorn API and the gpu
+   worker (which batches across jobs).
 
 It prints jobs/s, tasks/s and the ratios. It is a benchmark, not a test.
 """
