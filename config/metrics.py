@@ -28,10 +28,6 @@ from prometheus_client import (
 from prometheus_client.registry import Collector
 
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
-# An unlabelled metric writes its sample file as it is defined, below: the
-# directory must exist before that.
-if os.environ.get(MULTIPROC_DIR_VARIABLE):
-    Path(os.environ[MULTIPROC_DIR_VARIABLE]).mkdir(parents=True, exist_ok=True)
 
 # From a 5 ms HTTP answer to a 10-minute job.
 SECONDS_BUCKETS = (

@@ -16,6 +16,7 @@ runs do not pile up.
 
 import time
 import uuid
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -56,8 +57,20 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def _call(redis_url: str, request: EmbeddingsRequest | SearchRequest, timeout: float) -> bytes:
+def _ask(
+    redis_url: str,
+    request_type: type[EmbeddingsRequest] | type[SearchRequest],
+    timeout: float,
+    **fields: Any,
+) -> object:
+    """Push a request on the lane and wait for its answer, at most ``timeout`` seconds."""
     waiting = listener(redis_url)
+    request = request_type(
+        id=new_request_id(),
+        reply_to=waiting.reply_channel,
+        deadline=time.time() + timeout,
+        **fields,
+    )
     slot = waiting.expect_reply(request.id)
     try:
         try:
@@ -69,13 +82,9 @@ def _call(redis_url: str, request: EmbeddingsRequest | SearchRequest, timeout: f
             raise GpuUnavailable(str(exc)) from exc
         if not slot.event.wait(timeout) or slot.payload is None:
             raise GpuTimeout(f"no gpu worker answered within {timeout:g}s")
-        return slot.payload
     finally:
         waiting.forget_reply(request.id)
-
-
-def _reply(redis_url: str, request: EmbeddingsRequest | SearchRequest, timeout: float) -> object:
-    reply = read_reply(_call(redis_url, request, timeout))
+    reply = read_reply(slot.payload)
     if isinstance(reply, ErrorReply):
         raise GpuRequestFailed(reply.code, reply.message)
     return reply
@@ -85,14 +94,7 @@ def embed_texts(
     redis_url: str, texts: list[str], *, tenant: str, timeout: float
 ) -> EmbeddingsReply:
     """The texts' vectors from the gpu pool, as soon as one of its next passes ran them."""
-    request = EmbeddingsRequest(
-        id=new_request_id(),
-        tenant=tenant,
-        reply_to=listener(redis_url).reply_channel,
-        deadline=time.time() + timeout,
-        texts=texts,
-    )
-    reply = _reply(redis_url, request, timeout)
+    reply = _ask(redis_url, EmbeddingsRequest, timeout, tenant=tenant, texts=texts)
     assert isinstance(reply, EmbeddingsReply)
     return reply
 
@@ -109,17 +111,16 @@ def search(
     timeout: float,
 ) -> SearchReply:
     """The query embedded ahead of bulk work, then the tenant's memory searched."""
-    request = SearchRequest(
-        id=new_request_id(),
+    reply = _ask(
+        redis_url,
+        SearchRequest,
+        timeout,
         tenant=tenant,
-        reply_to=listener(redis_url).reply_channel,
-        deadline=time.time() + timeout,
         query=query,
         top_k=top_k,
         user_id=user_id,
         conversation_id=conversation_id,
         memory_kind=memory_kind,
     )
-    reply = _reply(redis_url, request, timeout)
     assert isinstance(reply, SearchReply)
     return reply

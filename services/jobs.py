@@ -133,28 +133,17 @@ def _running() -> Any:
 
 
 # One statement finishes many jobs, each with its own result: the values come
-# as parallel arrays, unnested into rows.
+# as parallel arrays, unnested into rows. The vectors replace the row's only
+# with :replace_vectors (an earlier step's stay otherwise).
 # RETURNING lists _FINISHED_COLUMNS in their order; vectors only when they are
 # small enough for the announcement to carry (megabytes for a big job, else).
 _SUCCEED_MANY = text(
     """
-    UPDATE jobs SET status = 'succeeded', result = v.result, vectors = v.vectors,
+    UPDATE jobs SET status = 'succeeded', result = v.result,
+        vectors = CASE WHEN :replace_vectors THEN v.vectors ELSE jobs.vectors END,
         progress_done = jobs.progress_total, finished_at = now()
     FROM unnest(CAST(:ids AS uuid[]), CAST(:results AS jsonb[]), CAST(:vectors AS bytea[]))
         AS v(id, result, vectors)
-    WHERE jobs.id = v.id AND jobs.status = 'running'
-    RETURNING jobs.id, jobs.tenant_id, jobs.type, jobs.status, jobs.result,
-        CASE WHEN octet_length(jobs.vectors) <= :carried_bytes THEN jobs.vectors END AS vectors,
-        jobs.error_code, jobs.error_message, jobs.progress_done, jobs.progress_total,
-        jobs.attempts, jobs.idempotency_key, jobs.created_at, jobs.started_at, jobs.finished_at,
-        octet_length(jobs.vectors) AS vectors_bytes
-    """
-).columns(*_FINISHED_COLUMNS, literal_column("vectors_bytes", Integer))
-_SUCCEED_MANY_KEEPING_VECTORS = text(
-    """
-    UPDATE jobs SET status = 'succeeded', result = v.result,
-        progress_done = jobs.progress_total, finished_at = now()
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:results AS jsonb[])) AS v(id, result)
     WHERE jobs.id = v.id AND jobs.status = 'running'
     RETURNING jobs.id, jobs.tenant_id, jobs.type, jobs.status, jobs.result,
         CASE WHEN octet_length(jobs.vectors) <= :carried_bytes THEN jobs.vectors END AS vectors,
@@ -307,13 +296,6 @@ class JobStore:
             )
         return [job for job in started if job not in over]
 
-    def running_many(self, job_ids: Sequence[uuid.UUID]) -> list[Row]:
-        """Those of the jobs that are running, vectors included (the last step reads them)."""
-        if not job_ids:
-            return []
-        with self._transaction() as connection:
-            return connection.execute(select(*JOBS.c).where(_ids(job_ids), _running())).all()
-
     def resume_many(
         self,
         job_ids: Sequence[uuid.UUID],
@@ -381,16 +363,15 @@ class JobStore:
         if not results:
             return set()
         ids = list(results)
-        values: dict[str, Any] = {
+        values = {
             "ids": ids,
             "results": [json.dumps(results[i]) for i in ids],
+            "vectors": [(vectors or {}).get(i) for i in ids],
+            "replace_vectors": vectors is not None,
             "carried_bytes": MAX_CARRIED_ROW_BYTES,
         }
-        statement = _SUCCEED_MANY_KEEPING_VECTORS
-        if vectors is not None:
-            statement, values["vectors"] = _SUCCEED_MANY, [vectors.get(i) for i in ids]
         with self._transaction() as connection:
-            rows = connection.execute(statement, values).all()
+            rows = connection.execute(_SUCCEED_MANY, values).all()
         return self._finished(rows, JobStatus.SUCCEEDED)
 
     def succeed(self, job_id: uuid.UUID, result: dict[str, Any]) -> bool:

@@ -11,26 +11,12 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.worker.request import Request
-from sqlalchemy.exc import InterfaceError, OperationalError
 
-from config import get_settings
-from models import JobErrorCode
-from services.jobs import JobStore
-from services.notify import finished_notifier
-from vectorstore import TRANSIENT_MILVUS_ERRORS
+from tasks.frame import TRANSIENT_ERRORS, JobFrame
 from worker.messages import MalformedMessage, job_ids_of, read_message
 from worker.queues import TASK_QUEUES, TaskName
 
 log = logging.getLogger(__name__)
-
-# Failures that go away on their own (a database restart, a dropped
-# connection, Milvus busy): retried with backoff until they do, so the job
-# still finishes.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    OperationalError,
-    InterfaceError,
-    *TRANSIENT_MILVUS_ERRORS,
-)
 
 RETRY_OPTIONS: dict[str, Any] = {
     "autoretry_for": TRANSIENT_ERRORS,
@@ -47,12 +33,7 @@ def fail_timed_out_jobs(args: Any, seconds: float) -> None:
         job_ids = job_ids_of(read_message(args))
     except MalformedMessage:
         return
-    settings = get_settings()
-    JobStore(settings.database_url, notify=finished_notifier(settings.redis_url)).fail_many(
-        job_ids,
-        JobErrorCode.TIME_LIMIT_EXCEEDED,
-        f"the job was stopped at its time limit of {seconds:g}s",
-    )
+    JobFrame.from_settings().stop_at_hard_limit(job_ids, seconds)
 
 
 class JobRequest(Request):

@@ -22,15 +22,25 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import Row
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from config import get_settings
 from config.logs import log_context
 from models import JobErrorCode
 from services.jobs import JobStore
 from services.notify import finished_notifier
-from tasks.base import TRANSIENT_ERRORS
+from vectorstore import TRANSIENT_MILVUS_ERRORS
 
 log = logging.getLogger(__name__)
+
+# Failures that go away on their own (a database restart, a dropped
+# connection, Milvus busy): retried with backoff until they do, so the job
+# still finishes.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    *TRANSIENT_MILVUS_ERRORS,
+)
 
 
 class TimeLimitExceeded(Exception):
@@ -119,6 +129,14 @@ class JobFrame:
         for job_id in self.store.fail_many(job_ids, code, message):
             with log_context(job_id=str(job_id)):
                 log.warning("job failed", extra={"code": code.value})
+
+    def stop_at_hard_limit(self, job_ids: Iterable[uuid.UUID], seconds: float) -> None:
+        """Fail the jobs of work killed at the hard time limit (it never returns)."""
+        self.fail(
+            job_ids,
+            JobErrorCode.TIME_LIMIT_EXCEEDED,
+            f"the job was stopped at its time limit of {seconds:g}s",
+        )
 
     def succeed(
         self,

@@ -35,12 +35,7 @@ def _fail_stuck_jobs(tags: list[Any]) -> None:
     """The scheduler's ``on_stuck``: the jobs in a model call stuck past the hard limit."""
     flat = [item for tag in tags for item in (tag if isinstance(tag, list) else [tag])]
     job_ids = [item for item in flat if isinstance(item, uuid.UUID)]
-    seconds = get_settings().celery.task_time_limit
-    JobFrame.from_settings().fail(
-        job_ids,
-        JobErrorCode.TIME_LIMIT_EXCEEDED,
-        f"the job was stopped at its time limit of {seconds:g}s",
-    )
+    JobFrame.from_settings().stop_at_hard_limit(job_ids, get_settings().celery.task_time_limit)
 
 
 def gpu_scheduler() -> Scheduler:
