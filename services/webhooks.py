@@ -14,8 +14,10 @@ The signature is the Standard Webhooks one (``webhook-id``,
 A callback URL is only http(s), and its host must not resolve to an address
 outside the public internet (loopback, private, link-local, multicast,
 reserved, cloud metadata) unless ``webhook_allowed_hosts`` names it. It is
-checked at submit and again before each attempt (the name may resolve
-elsewhere by then); redirects are not followed.
+checked at submit and again before each attempt, and the POST goes to the
+address just checked (a name that resolves elsewhere by then, DNS rebinding,
+gains nothing); redirects are not followed, proxies from the environment not
+used.
 """
 
 import base64
@@ -29,10 +31,11 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from celery import Celery
+from requests.adapters import HTTPAdapter
 from sqlalchemy import Row, text
 from standardwebhooks import Webhook
 
@@ -74,9 +77,9 @@ def refused_address(address: str) -> bool:
 
 def check_callback_url(
     url: str, allowed_hosts: Collection[str], resolve: Resolve = resolve_host
-) -> None:
-    """Raise ``UnsafeCallbackUrl`` unless ``url`` is http(s) to a public host or one
-    ``allowed_hosts`` names."""
+) -> list[str]:
+    """The public addresses ``url``'s host resolves to, or [] for a host that
+    ``allowed_hosts`` names; ``UnsafeCallbackUrl`` unless it is http(s) to one of them."""
     if len(url) > MAX_URL_CHARS:
         raise UnsafeCallbackUrl(f"must be at most {MAX_URL_CHARS} characters")
     try:
@@ -90,7 +93,7 @@ def check_callback_url(
     if not host:
         raise UnsafeCallbackUrl("names no host")
     if host in allowed_hosts:
-        return
+        return []
     try:
         addresses = resolve(host, port)
     except (OSError, UnicodeError) as exc:
@@ -101,6 +104,7 @@ def check_callback_url(
             f"host {host!r} resolves to {', '.join(refused) or 'nothing'}, not a public "
             "address (WEBHOOK_ALLOWED_HOSTS can allow it)"
         )
+    return list(addresses)
 
 
 # -- secrets ------------------------------------------------------------------------
@@ -210,6 +214,29 @@ def message_id(job_id: uuid.UUID) -> str:
     return f"msg_{job_id.hex}"
 
 
+class _PinnedAdapter(HTTPAdapter):
+    """Connects where the URL says (an address) but speaks TLS to ``hostname``: SNI and
+    certificate checks for the name, the connection to the address that was checked."""
+
+    def __init__(self, hostname: str) -> None:
+        self._hostname = hostname
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["server_hostname"] = self._hostname
+        kwargs["assert_hostname"] = self._hostname
+        super().init_poolmanager(*args, **kwargs)
+
+
+def pinned_url(url: str, address: str) -> tuple[str, str]:
+    """``url`` with its host replaced by ``address``, and the ``Host`` header it needs."""
+    parts = urlsplit(url)
+    host_header = parts.netloc.rpartition("@")[2]
+    ip_host = f"[{address}]" if ":" in address else address
+    netloc = ip_host if parts.port is None else f"{ip_host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc)), host_header
+
+
 def post_once(
     url: str,
     secret: str,
@@ -219,19 +246,31 @@ def post_once(
     number: int,
     allowed_hosts: Collection[str],
     timeout: float,
+    resolve: Resolve = resolve_host,
 ) -> Attempt:
-    """One attempt: the URL checked again, then one signed POST, never redirected."""
+    """One attempt: the URL checked again (its host may resolve elsewhere now), then one
+    signed POST to the address just checked, never redirected."""
     at = datetime.now(UTC)
+    headers = signed_request(secret, message_id(job_id), body, at)
     try:
-        check_callback_url(url, allowed_hosts)
-        response = requests.post(
-            url,
-            data=body.encode(),
-            headers=signed_request(secret, message_id(job_id), body, at),
-            timeout=timeout,
-            allow_redirects=False,
-        )
-        response.close()
+        addresses = check_callback_url(url, allowed_hosts, resolve)
+        parts = urlsplit(url)
+        auth = (parts.username or "", parts.password or "") if parts.username else None
+        with requests.Session() as session:
+            session.trust_env = False  # no proxy from the environment: straight there
+            target = url
+            if addresses:
+                target, headers["Host"] = pinned_url(url, addresses[0])
+                session.mount(f"{parts.scheme}://", _PinnedAdapter(parts.hostname or ""))
+            response = session.post(
+                target,
+                data=body.encode(),
+                headers=headers,
+                auth=auth,
+                timeout=timeout,
+                allow_redirects=False,
+            )
+            response.close()
     except UnsafeCallbackUrl as exc:
         return Attempt(number, at, error=f"refused: {exc}", refused=True)
     except requests.RequestException as exc:

@@ -14,12 +14,14 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import redis
 import requests
 from standardwebhooks import Webhook
 
 from api import create_app
+from services import webhooks
 from tests.api_server import api_server
-from tests.support import PrivateDb, WorkerProcess, private_broker, wait_for
+from tests.support import PrivateDb, WorkerProcess, private_broker, queue_length, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -370,3 +372,55 @@ def test_the_secret_is_made_once_and_rotated(idle, headers, make_tenant):
     other = client.get("/v1/webhooks/secret", headers=make_tenant()).get_json()["secret"]
     assert other not in (first, rotated)
     Webhook(rotated)  # a secret the library reads
+
+
+def test_delivery_connects_to_the_address_it_checked(monkeypatch):
+    """DNS rebinding: the POST goes to the address the check saw, whatever the name
+    resolves to afterwards (here: nothing, ``.invalid`` never resolves)."""
+    monkeypatch.setattr(webhooks, "refused_address", lambda address: False)
+    receiver = Receiver([204])
+    port = receiver.url.rsplit(":", 1)[1].split("/")[0]
+    try:
+        attempt = webhooks.post_once(
+            f"http://hooks.invalid:{port}/hook",
+            webhooks.new_secret(),
+            uuid.uuid4(),
+            "{}",
+            number=1,
+            allowed_hosts=[],
+            timeout=5,
+            resolve=lambda host, port: [LOCAL],
+        )
+    finally:
+        receiver.close()
+    assert (attempt.status_code, attempt.error) == (204, None)
+    sent = {name.lower(): value for name, value in receiver.requests[0][0].items()}
+    assert sent["host"] == f"hooks.invalid:{port}"
+
+
+def test_a_host_that_resolves_privately_at_delivery_is_not_called():
+    attempt = webhooks.post_once(
+        "https://hooks.example.com/hook",
+        webhooks.new_secret(),
+        uuid.uuid4(),
+        "{}",
+        number=2,
+        allowed_hosts=[],
+        timeout=5,
+        resolve=lambda host, port: ["93.184.215.14", "10.0.0.7"],
+    )
+    assert attempt.refused
+    assert attempt.status_code is None
+    assert "10.0.0.7" in attempt.error
+
+
+def test_only_jobs_with_a_callback_url_queue_a_delivery_when_they_end(idle, headers):
+    url, client = idle
+    broker = redis.Redis.from_url(url)
+    plain = submit(client, headers)
+    assert client.delete(f"/v1/jobs/{plain['id']}", headers=headers).status_code == 200
+    assert queue_length(broker, "cpu") == 1  # its persist task only
+    hooked = submit(client, headers, callback_url=f"http://{LOCAL}:9/hook")
+    canceled = client.delete(f"/v1/jobs/{hooked['id']}", headers=headers).get_json()
+    assert canceled["webhook"]["status"] == "pending"
+    assert queue_length(broker, "cpu") == 3  # two persist tasks and one delivery
