@@ -44,6 +44,12 @@ def submit(client, headers, **extra) -> dict:
     return response.get_json()
 
 
+def end(client, job_id: str) -> None:
+    """End a job as a worker that fails it would (through the API's own JobStore)."""
+    store = client.application.extensions["convoq.jobs"]
+    assert store.fail_many([uuid.UUID(job_id)], "internal_error", "ended by the test")
+
+
 class Events:
     """Reads server-sent events from a streamed test-client response."""
 
@@ -221,14 +227,15 @@ def test_reconnecting_to_a_queued_job_sends_only_its_next_change(idle, headers):
     job = submit(client, headers)
     response = stream(client, headers, job["id"], last="0.2.0")
 
-    def cancel_soon() -> None:
+    def end_soon() -> None:
         time.sleep(0.5)
-        client.delete(f"/v1/jobs/{job['id']}", headers=headers)
+        end(client, job["id"])
 
-    threading.Thread(target=cancel_soon, daemon=True).start()
+    threading.Thread(target=end_soon, daemon=True).start()
     started = time.monotonic()
     events = Events(response).all()
-    assert [(event["event"], event["status"]) for event in events] == [("canceled", "canceled")]
+    assert [(event["event"], event["status"]) for event in events] == [("failed", "failed")]
+    assert events[0]["error"]["code"] == "internal_error"
     assert key(events[0]["event_id"]) > key("0.2.0")
     assert time.monotonic() - started < 10  # woken by the announcement, not a keepalive
 
@@ -418,9 +425,10 @@ def test_only_jobs_with_a_callback_url_queue_a_delivery_when_they_end(idle, head
     url, client = idle
     broker = redis.Redis.from_url(url)
     plain = submit(client, headers)
-    assert client.delete(f"/v1/jobs/{plain['id']}", headers=headers).status_code == 200
+    end(client, plain["id"])
     assert queue_length(broker, "cpu") == 1  # its persist task only
     hooked = submit(client, headers, callback_url=f"http://{LOCAL}:9/hook")
-    canceled = client.delete(f"/v1/jobs/{hooked['id']}", headers=headers).get_json()
-    assert canceled["webhook"]["status"] == "pending"
+    end(client, hooked["id"])
+    failed = client.get(f"/v1/jobs/{hooked['id']}", headers=headers).get_json()
+    assert (failed["status"], failed["webhook"]["status"]) == ("failed", "pending")
     assert queue_length(broker, "cpu") == 3  # two persist tasks and one delivery
