@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
 import redis
@@ -19,6 +20,7 @@ import requests
 from standardwebhooks import Webhook
 
 from api import create_app
+from api.events import event_key, format_key, parse_key
 from services import webhooks
 from tests.api_server import api_server
 from tests.support import PrivateDb, WorkerProcess, private_broker, queue_length, wait_for
@@ -432,3 +434,35 @@ def test_only_jobs_with_a_callback_url_queue_a_delivery_when_they_end(idle, head
     failed = client.get(f"/v1/jobs/{hooked['id']}", headers=headers).get_json()
     assert (failed["status"], failed["webhook"]["status"]) == ("failed", "pending")
     assert queue_length(broker, "cpu") == 3  # two persist tasks and one delivery
+
+
+def _row(status: str, attempts: int, done: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(status=status, attempts=attempts, progress_done=done)
+
+
+def test_event_ids_grow_along_a_jobs_life_a_requeue_included():
+    life = [
+        _row("queued", 0),
+        _row("running", 1, 0),
+        _row("running", 1, 1),
+        _row("queued", 1, 1),  # put back by the recovery sweep after its worker died
+        _row("running", 2, 0),
+        _row("running", 2, 1),
+        _row("succeeded", 2, 2),
+    ]
+    keys = [event_key(row) for row in life]
+    assert keys == sorted(set(keys)), keys
+    assert parse_key(format_key(keys[-1])) == keys[-1]
+    assert event_key(_row("canceled", 0)) > event_key(_row("queued", 0))
+    assert event_key(_row("canceled", 1, 1)) > event_key(_row("queued", 1, 1))
+    for garbage in (None, "", "1.2", "a.b.c", "1.2.3.4", "-1.2.3", "\u0661.2.3"):
+        assert parse_key(garbage) is None
+
+
+def test_an_unreadable_last_event_id_gets_the_current_state(idle, headers):
+    _, client = idle
+    job = submit(client, headers)
+    response = stream(client, headers, job["id"], last="not-one-of-ours")
+    end(client, job["id"])
+    events = Events(response).all()
+    assert [event["event"] for event in events] in (["queued", "failed"], ["failed"])
