@@ -7,15 +7,18 @@ from api.content import StrictJSONProvider
 from api.conversations import conversations_api
 from api.embeddings import embeddings_api
 from api.errors import ErrorResponse, register_error_handlers, validation_error_response
+from api.events import events_api
 from api.health import health_api
 from api.jobs import jobs_api
 from api.metrics import init_metrics, metrics_api
 from api.queues import queues_api
 from api.search import search_api
+from api.webhooks import webhooks_api
 from config import Settings, get_settings
 from config.logs import configure_logging
 from services.jobs import JobStore
 from services.notify import finished_notifier
+from services.webhooks import WebhookSender
 from worker.factory import init_celery
 
 __version__ = "0.1.0"
@@ -44,14 +47,19 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.json = StrictJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["convoq.settings"] = settings
-    # Cancels are announced like every other end, waking requests that wait on them.
-    app.extensions["convoq.jobs"] = JobStore(
-        settings.database_url, notify=finished_notifier(settings.redis_url)
-    )
     init_celery(app, settings)
+    # Cancels are announced like every other end, waking requests that wait on them,
+    # and sent to their callback_url.
+    app.extensions["convoq.jobs"] = JobStore(
+        settings.database_url,
+        notify=finished_notifier(settings.redis_url),
+        deliver=WebhookSender(app.extensions["celery"]),
+    )
     register_error_handlers(app)
     init_metrics(app)
     app.register_api(jobs_api)
+    app.register_api(events_api)
+    app.register_api(webhooks_api)
     app.register_api(conversations_api)
     app.register_api(search_api)
     app.register_api(embeddings_api)

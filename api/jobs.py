@@ -53,6 +53,7 @@ from services.jobs import (
 )
 from services.methods import T5NotConfigured, choose_method
 from services.vectors import EncodingFormat
+from services.webhooks import UnsafeCallbackUrl, check_callback_url
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,21 @@ SUBMIT_RESPONSES = {
 }
 
 
-def _embed_job(body: EmbedJobIn) -> NewJob:
-    return NewJob(JobType.EMBED, body.model_dump(exclude={"type"}), total=len(body.texts))
+def _callback_url(url: str | None, field_prefix: str = "") -> str | None:
+    """The job's callback_url, once checked; 422 naming the field for an unsafe one."""
+    if url is None:
+        return None
+    try:
+        check_callback_url(url, _settings().webhook_allowed_hosts)
+    except UnsafeCallbackUrl as exc:
+        raise ApiError.invalid(f"{field_prefix}callback_url", str(exc), "unsafe_url") from exc
+    return url
+
+
+def _embed_job(body: EmbedJobIn, field_prefix: str = "") -> NewJob:
+    params = body.model_dump(exclude={"type", "callback_url"})
+    callback_url = _callback_url(body.callback_url, field_prefix)
+    return NewJob(JobType.EMBED, params, total=len(body.texts), callback_url=callback_url)
 
 
 def _summary_params(body: SummaryLengths, field_prefix: str = "") -> dict[str, Any]:
@@ -180,7 +194,8 @@ def _summary_params(body: SummaryLengths, field_prefix: str = "") -> dict[str, A
 
 def _summarize_job(body: SummarizeJobIn, field_prefix: str = "") -> NewJob:
     params = {"text": body.text, **_summary_params(body, field_prefix)}
-    return NewJob(JobType.SUMMARIZE, params, total=1)
+    callback_url = _callback_url(body.callback_url, field_prefix)
+    return NewJob(JobType.SUMMARIZE, params, total=1, callback_url=callback_url)
 
 
 def _conversation_job(body: ConversationJobIn, field_prefix: str = "") -> NewJob:
@@ -193,7 +208,10 @@ def _conversation_job(body: ConversationJobIn, field_prefix: str = "") -> NewJob
         **_summary_params(body, field_prefix),
     }
     return NewJob(
-        JobType.CONVERSATION, params, total=conversation_steps(body.summarize, body.embed)
+        JobType.CONVERSATION,
+        params,
+        total=conversation_steps(body.summarize, body.embed),
+        callback_url=_callback_url(body.callback_url, field_prefix),
     )
 
 
@@ -235,7 +253,7 @@ def submit_conversation(
 def _batch_job(index: int, item: BatchItem) -> NewJob:
     prefix = f"jobs.{index}."
     if isinstance(item, EmbedBatchItem):
-        return _embed_job(item)
+        return _embed_job(item, prefix)
     if isinstance(item, SummarizeBatchItem):
         return _summarize_job(item, prefix)
     return _conversation_job(item, prefix)

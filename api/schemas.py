@@ -64,6 +64,18 @@ SummaryMethod = Literal["auto", "t5", "extractive"]
 MemoryKindName = Literal["message", "summary", "text"]
 
 
+CALLBACK_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s]+$"
+CallbackUrl = Annotated[
+    str, StringConstraints(min_length=8, max_length=2048, pattern=CALLBACK_URL_PATTERN)
+]
+CALLBACK_URL_DESCRIPTION = (
+    "When the job ends (succeeded, failed or canceled), its final state is POSTed here, "
+    "signed as Standard Webhooks says with your secret (`GET /v1/webhooks/secret`). "
+    "http(s) only; a host that resolves to a loopback, private, link-local or metadata "
+    "address is refused (422) unless the server's WEBHOOK_ALLOWED_HOSTS names it."
+)
+
+
 class StrictInput(BaseModel):
     """Bodies are JSON: no type coercion, and unknown fields are errors, not ignored."""
 
@@ -91,6 +103,7 @@ class EmbedJobIn(StrictInput):
         "little-endian float32 bytes (as OpenAI sends them). `GET /v1/jobs/<id>"
         "?encoding_format=` overrides it.",
     )
+    callback_url: CallbackUrl | None = Field(None, description=CALLBACK_URL_DESCRIPTION)
 
 
 class SummaryLengths(StrictInput):
@@ -115,6 +128,7 @@ class SummaryLengths(StrictInput):
 
 class SummarizeJobIn(SummaryLengths):
     text: Content = Field(description="The text to summarise.")
+    callback_url: CallbackUrl | None = Field(None, description=CALLBACK_URL_DESCRIPTION)
 
 
 class MessageIn(StrictInput):
@@ -132,6 +146,7 @@ class ConversationJobIn(SummaryLengths):
     )
     summarize: bool = Field(True, description="Summarise the whole conversation again.")
     embed: bool = Field(True, description="Embed and index the new messages and the summary.")
+    callback_url: CallbackUrl | None = Field(None, description=CALLBACK_URL_DESCRIPTION)
 
 
 # The job types of a batch: the discriminator of its items, never a field name.
@@ -272,14 +287,47 @@ class JobSummaryOut(BaseModel):
         return cls(**cls.fields_of(job))
 
 
+class WebhookAttemptOut(BaseModel):
+    attempt: int
+    at: datetime
+    status_code: int | None = Field(description="The receiver's answer; null if none came.")
+    error: str | None = Field(description="Why no answer came (timeout, refused address…).")
+
+
+class WebhookOut(BaseModel):
+    url: str
+    status: Literal["pending", "retrying", "delivered", "failed"] = Field(
+        description="`pending` until the job ends and the first attempt is made."
+    )
+    attempts: list[WebhookAttemptOut]
+
+    @classmethod
+    def of(cls, job: Any) -> "WebhookOut | None":
+        url = getattr(job, "callback_url", None)
+        if url is None:
+            return None
+        return cls(
+            url=url,
+            status=getattr(job, "webhook_status", None) or "pending",
+            attempts=getattr(job, "webhook_attempts", None) or [],
+        )
+
+
 class JobOut(JobSummaryOut):
     """A job with its result (``null`` until it has succeeded)."""
 
     result: dict[str, Any] | None
+    webhook: WebhookOut | None = Field(
+        None, description="The delivery of its `callback_url`, when it has one."
+    )
 
     @classmethod
     def from_job(cls, job: Any, encoding_format: EncodingFormat = "float") -> "JobOut":
-        return cls(**cls.fields_of(job), result=job_result(job, encoding_format))
+        return cls(
+            **cls.fields_of(job),
+            result=job_result(job, encoding_format),
+            webhook=WebhookOut.of(job),
+        )
 
 
 def job_result(job: Any, encoding_format: EncodingFormat) -> dict[str, Any] | None:
@@ -552,3 +600,19 @@ class EmbeddingsOut(BaseModel):
     data: list[EmbeddingOut]
     model: str
     usage: EmbeddingsUsage
+
+
+class WebhookSecretOut(BaseModel):
+    secret: str = Field(
+        description="`whsec_` and the base64 key: give it to "
+        "`standardwebhooks.Webhook(secret).verify(body, headers)`."
+    )
+
+
+class LastEventIdHeader(BaseModel):
+    last_event_id: str | None = Field(
+        None,
+        alias="Last-Event-ID",
+        max_length=64,
+        description="The `id` of the last event received: the stream goes on after it.",
+    )

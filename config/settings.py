@@ -11,8 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
 
@@ -235,6 +235,28 @@ class Settings(BaseSettings):
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9100
     worker_heartbeat_seconds: Annotated[float, Field(gt=0)] = 5.0
+
+    # GET /v1/jobs/<id>/events: a stream ends after this long (the client
+    # reconnects with Last-Event-ID), and says it is alive this often.
+    event_stream_max_seconds: Annotated[float, Field(gt=0)] = 300.0
+    event_keepalive_seconds: Annotated[float, Field(gt=0)] = 15.0
+
+    # Webhooks (callback_url). Hosts named here may resolve to private or
+    # loopback addresses (a receiver on your own network); comma-separated.
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = []
+    # Attempts per job, the first included; the n-th retry waits
+    # backoff * 2**(n-1) seconds, at most webhook_backoff_max_seconds.
+    webhook_max_attempts: PositiveInt = 6
+    webhook_backoff_seconds: Annotated[float, Field(gt=0)] = 10.0
+    webhook_backoff_max_seconds: Annotated[float, Field(gt=0)] = 600.0
+    webhook_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+
+    @field_validator("webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [host.strip().lower() for host in value.split(",") if host.strip()]
+        return value
 
     @model_validator(mode="after")
     def _default_page_within_max(self) -> "Settings":

@@ -92,3 +92,8 @@ class Job(Base):
     created_at: Mapped[datetime] = created_at_column()
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Where the job's final state is POSTed (services.webhooks), and how that went:
+    # pending, retrying, delivered or failed, with one entry per attempt.
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    webhook_status: Mapped[str | None] = mapped_column(String(16))
+    webhook_attempts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)

@@ -15,6 +15,8 @@ class Tenant(Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = created_at_column()
+    # Signs the tenant's webhooks (``whsec_`` + base64), made on first use.
+    webhook_secret: Mapped[str | None] = mapped_column(String(64))
 
     api_keys: Mapped[list["ApiKey"]] = relationship(back_populates="tenant")
 

@@ -14,7 +14,9 @@ Every method takes many jobs at once where workers need it, in one statement:
 a batch of N jobs costs the same number of round trips as one job. Rows come
 back as SQLAlchemy ``Row`` objects with the ``jobs`` columns as attributes.
 Once a job reaches a final status, ``notify`` is told its row (after the
-commit): that is what wakes requests waiting for it.
+commit): that is what wakes requests waiting for it; ``deliver`` is told the
+rows that have a ``callback_url`` (their webhooks). Jobs that start or make
+progress are told to ``changed`` (their ids), for the event streams.
 """
 
 import base64
@@ -57,6 +59,8 @@ _FINISHED_COLUMNS = tuple(column for column in JOBS.c if column.name != "params"
 
 # Told the rows of the jobs that reached a final status (``services.notify``).
 Notify = Callable[[Sequence[Row]], None]
+# Told the ids of jobs that started or made progress.
+NotifyChanged = Callable[[Sequence[uuid.UUID]], None]
 
 
 class JobNotFound(LookupError):
@@ -88,6 +92,7 @@ class NewJob:
     type: JobType
     params: dict[str, Any]
     total: int
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,7 @@ _SUCCEED_MANY = text(
         CASE WHEN octet_length(jobs.vectors) <= :carried_bytes THEN jobs.vectors END AS vectors,
         jobs.error_code, jobs.error_message, jobs.progress_done, jobs.progress_total,
         jobs.attempts, jobs.idempotency_key, jobs.created_at, jobs.started_at, jobs.finished_at,
+        jobs.callback_url, jobs.webhook_status, jobs.webhook_attempts,
         octet_length(jobs.vectors) AS vectors_bytes
     """
 ).columns(*_FINISHED_COLUMNS, literal_column("vectors_bytes", Integer))
@@ -174,9 +180,18 @@ _PROGRESS_MANY = text(
 class JobStore:
     """Reads and status transitions of ``jobs`` rows, each in its own transaction."""
 
-    def __init__(self, database_url: str, notify: Notify | None = None) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        notify: Notify | None = None,
+        *,
+        changed: NotifyChanged | None = None,
+        deliver: Notify | None = None,
+    ) -> None:
         self.database_url = database_url
         self.notify = notify
+        self.changed = changed
+        self.deliver = deliver
 
     def _transaction(self) -> Any:
         return transaction(self.database_url)
@@ -189,7 +204,15 @@ class JobStore:
             )
         if rows and self.notify is not None:
             self.notify(rows)
+        if self.deliver is not None:
+            with_callback = [row for row in rows if row.callback_url is not None]
+            if with_callback:
+                self.deliver(with_callback)
         return {row.id for row in rows}
+
+    def _changed(self, job_ids: Sequence[uuid.UUID]) -> None:
+        if job_ids and self.changed is not None:
+            self.changed(job_ids)
 
     # -- submission -------------------------------------------------------
 
@@ -237,6 +260,7 @@ class JobStore:
                         "progress_total": new.total,
                         "progress_done": 0,
                         "attempts": 0,
+                        "callback_url": new.callback_url,
                     }
                     for new in new_jobs
                 ],
@@ -294,7 +318,9 @@ class JobStore:
                 JobErrorCode.TOO_MANY_ATTEMPTS,
                 f"the job was started {job.attempts - 1} times without finishing",
             )
-        return [job for job in started if job not in over]
+        running = [job for job in started if job not in over]
+        self._changed([job.id for job in running])
+        return running
 
     def resume_many(
         self,
@@ -315,12 +341,15 @@ class JobStore:
         else:
             progress = JOBS.c.progress_done
         with self._transaction() as connection:
-            return connection.execute(
+            rows = connection.execute(
                 update(JOBS)
                 .where(_ids(job_ids), _running())
                 .values(progress_done=progress)
                 .returning(*JOBS.c)
             ).all()
+        if done is not None or steps_left is not None:
+            self._changed([row.id for row in rows])
+        return rows
 
     def report_progress(self, progress: Mapping[uuid.UUID, tuple[int, int]]) -> set[uuid.UUID]:
         """Record ``(done, total)`` of running jobs; the ids still running (not canceled)."""
@@ -336,6 +365,7 @@ class JobStore:
                     "total": [progress[i][1] for i in ids],
                 },
             ).all()
+        self._changed([row.id for row in rows])
         return {row.id for row in rows}
 
     def store_vectors(self, vectors: Mapping[uuid.UUID, bytes]) -> set[uuid.UUID]:
@@ -437,6 +467,11 @@ class JobStore:
         if not jobs:
             raise JobNotFound(str(job_id))
         return jobs[0]
+
+    def get_any(self, job_id: uuid.UUID) -> Row | None:
+        """The job whatever its tenant (for workers, which act on ids they were sent)."""
+        with self._transaction() as connection:
+            return connection.execute(select(*JOBS.c).where(JOBS.c.id == job_id)).one_or_none()
 
     def get_many(
         self, tenant_id: uuid.UUID, job_ids: Sequence[uuid.UUID], *, vectors: bool = True

@@ -14,6 +14,10 @@ commit and publish): waiters then wake at their deadline and read the row,
 so a lost notification costs time, never a wrong answer. After the listener
 reconnects it wakes every job waiter to read its row again.
 
+Jobs that start or make progress are announced too (``publish_changed``: their
+ids, one message per batch), for the event streams of ``api.events``, which
+watch a job with ``watch_changes`` and read its row when woken.
+
 Pub/sub channels are server-wide, not per Redis database, so their names
 carry the database number: tests, benchmarks and ``make run`` can share a
 server without hearing each other.
@@ -31,7 +35,14 @@ from urllib.parse import urlsplit
 
 import redis
 
-from worker.messages import FinishedJob, JobsFinished, MalformedMessage, read_finished
+from worker.messages import (
+    FinishedJob,
+    JobsChanged,
+    JobsFinished,
+    MalformedMessage,
+    read_changed,
+    read_finished,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +59,10 @@ def _database(redis_url: str) -> str:
 
 def finished_channel(redis_url: str) -> str:
     return f"convoq:{_database(redis_url)}:jobs:finished"
+
+
+def changed_channel(redis_url: str) -> str:
+    return f"convoq:{_database(redis_url)}:jobs:changed"
 
 
 # Connections a process publishes and pushes on at once; more wait for one (a
@@ -111,6 +126,32 @@ def finished_notifier(redis_url: str) -> Callable[[Iterable[Any]], None]:
     return lambda rows: publish_finished(redis_url, rows)
 
 
+def publish_changed(redis_url: str, job_ids: Iterable[uuid.UUID]) -> None:
+    """Say these jobs started or made progress (after the commit). Never raises."""
+    job_ids = list(job_ids)
+    if not job_ids:
+        return
+    message = JobsChanged(job_ids=job_ids).model_dump_json()
+    try:
+        notify_client(redis_url).publish(changed_channel(redis_url), message)
+    except redis.RedisError as exc:
+        log.warning("could not publish job changes", extra={"error": str(exc)})
+
+
+def changed_notifier(redis_url: str) -> Callable[[Iterable[uuid.UUID]], None]:
+    """``publish_changed`` bound to a URL: what ``JobStore`` is given."""
+    return lambda job_ids: publish_changed(redis_url, job_ids)
+
+
+class ChangeWait:
+    """One job an event stream follows: ``event`` is set at each of its changes (and
+    when the listener reconnected); the stream clears it before reading the row."""
+
+    def __init__(self, job_id: uuid.UUID) -> None:
+        self.job_id = job_id
+        self.event = threading.Event()
+
+
 class JobWait:
     """Jobs one request waits for; ``event`` is set once all were announced finished
     (or the listener reconnected, when they must be read again). ``rows`` holds
@@ -138,8 +179,10 @@ class Listener:
             f"convoq:{_database(redis_url)}:replies:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         )
         self._finished = finished_channel(redis_url)
+        self._changed = changed_channel(redis_url)
         self._lock = threading.Lock()
         self._job_waits: dict[uuid.UUID, set[JobWait]] = {}
+        self._change_waits: dict[uuid.UUID, set[ChangeWait]] = {}
         self._replies: dict[str, ReplySlot] = {}
         self._subscribed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="convoq-listener", daemon=True)
@@ -164,6 +207,24 @@ class Listener:
                     waits.discard(wait)
                     if not waits:
                         del self._job_waits[job_id]
+
+    # -- following a job's changes -----------------------------------------
+
+    def watch_changes(self, job_id: uuid.UUID) -> ChangeWait:
+        """Start following this job; call before reading its row."""
+        self._subscribed.wait(SUBSCRIBE_TIMEOUT)
+        wait = ChangeWait(job_id)
+        with self._lock:
+            self._change_waits.setdefault(job_id, set()).add(wait)
+        return wait
+
+    def unwatch_changes(self, wait: ChangeWait) -> None:
+        with self._lock:
+            waits = self._change_waits.get(wait.job_id)
+            if waits is not None:
+                waits.discard(wait)
+                if not waits:
+                    del self._change_waits[wait.job_id]
 
     # -- waiting for replies -----------------------------------------------
 
@@ -192,7 +253,7 @@ class Listener:
         while True:
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(self._finished, self.reply_channel)
+                pubsub.subscribe(self._finished, self._changed, self.reply_channel)
                 self._subscribed.set()
                 failures = 0
                 self._wake_all_job_waits()  # what was announced while away is read again
@@ -210,13 +271,17 @@ class Listener:
                 pubsub.close()
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
-        if channel.decode() == self._finished:
+        name = channel.decode()
+        if name in (self._finished, self._changed):
             try:
-                finished = read_finished(data)
+                if name == self._finished:
+                    jobs = read_finished(data).jobs
+                    self._announce_finished(jobs)
+                    self._announce_changed([job.id for job in jobs])
+                else:
+                    self._announce_changed(read_changed(data).job_ids)
             except MalformedMessage as exc:
                 log.error("malformed announcement dropped", extra={"error": str(exc)[:500]})
-                return
-            self._announce_finished(finished.jobs)
             return
         request_id, _, payload = data.partition(b"\n")
         with self._lock:
@@ -235,9 +300,18 @@ class Listener:
                     if not wait.pending:
                         wait.event.set()
 
+    def _announce_changed(self, job_ids: list[uuid.UUID]) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                for wait in self._change_waits.get(job_id, ()):
+                    wait.event.set()
+
     def _wake_all_job_waits(self) -> None:
         with self._lock:
-            waits = {wait for waits in self._job_waits.values() for wait in waits}
+            waits: set[JobWait | ChangeWait] = {
+                wait for waits in self._job_waits.values() for wait in waits
+            }
+            waits |= {wait for waits in self._change_waits.values() for wait in waits}
         for wait in waits:
             wait.event.set()
 

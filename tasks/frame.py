@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import Row
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -28,7 +29,8 @@ from config import get_settings
 from config.logs import log_context
 from models import JobErrorCode
 from services.jobs import JobStore
-from services.notify import finished_notifier
+from services.notify import changed_notifier, finished_notifier
+from services.webhooks import WebhookSender
 from vectorstore import TRANSIENT_MILVUS_ERRORS
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,12 @@ class JobFrame:
     def from_settings(cls) -> "JobFrame":
         settings = get_settings()
         return cls(
-            JobStore(settings.database_url, notify=finished_notifier(settings.redis_url)),
+            JobStore(
+                settings.database_url,
+                notify=finished_notifier(settings.redis_url),
+                changed=changed_notifier(settings.redis_url),
+                deliver=WebhookSender(current_app),
+            ),
             max_attempts=settings.max_job_attempts,
             soft_limit=settings.celery.task_soft_time_limit,
         )

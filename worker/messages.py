@@ -10,6 +10,7 @@ Messages on Celery queues (the argument of a task):
 - ``StepMessage``: run a later step of a conversation job; the task it is
   sent to names the step.
 - ``IndexMessage``: index the vectors of finished embed jobs (cpu pool).
+- ``WebhookMessage``: POST a finished job's state to its ``callback_url`` (cpu pool).
 
 Interactive requests to the gpu pool (``services.gpu_rpc``), outside Celery:
 
@@ -19,7 +20,8 @@ Interactive requests to the gpu pool (``services.gpu_rpc``), outside Celery:
 and their answers, ``EmbeddingsReply``, ``SearchReply`` and ``ErrorReply``.
 
 Announcements on pub/sub (``services.notify``): ``JobsFinished``, the jobs
-that reached a final status, each with its row when it is small.
+that reached a final status, each with its row when it is small;
+``JobsChanged``, jobs that started or made progress (their ids only).
 
 Build messages with the models and read them with ``read_message``: a
 message that cannot be read raises ``MalformedMessage``, whatever is wrong
@@ -60,6 +62,11 @@ class IndexMessage(_Message):
     device: str
 
 
+class WebhookMessage(_Message):
+    kind: Literal["webhook"] = "webhook"
+    job_id: uuid.UUID
+
+
 class _Interactive(_Message):
     """A request someone is waiting for: answered on ``reply_to`` before ``deadline``."""
 
@@ -85,7 +92,7 @@ class SearchRequest(_Interactive):
 
 
 Message = Annotated[
-    JobMessage | StepMessage | IndexMessage | EmbeddingsRequest | SearchRequest,
+    JobMessage | StepMessage | IndexMessage | WebhookMessage | EmbeddingsRequest | SearchRequest,
     Field(discriminator="kind"),
 ]
 InteractiveRequest = Annotated[EmbeddingsRequest | SearchRequest, Field(discriminator="kind")]
@@ -192,5 +199,17 @@ class JobsFinished(_Message):
 def read_finished(raw: bytes | str) -> JobsFinished:
     try:
         return JobsFinished.model_validate_json(raw)
+    except ValidationError as exc:
+        raise MalformedMessage(str(exc)) from exc
+
+
+class JobsChanged(_Message):
+    kind: Literal["changed"] = "changed"
+    job_ids: list[uuid.UUID]
+
+
+def read_changed(raw: bytes | str) -> JobsChanged:
+    try:
+        return JobsChanged.model_validate_json(raw)
     except ValidationError as exc:
         raise MalformedMessage(str(exc)) from exc

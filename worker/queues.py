@@ -21,6 +21,7 @@ class TaskName(StrEnum):
     INDEX_EMBED_JOBS = "tasks.memory.index_embed_jobs"
     PERSIST_CONVERSATION = "tasks.conversation.persist"
     STORE_CONVERSATION = "tasks.conversation.store"
+    DELIVER_WEBHOOK = "tasks.webhooks.deliver"
 
 
 TASK_QUEUES: dict[TaskName, Queue] = {
@@ -29,6 +30,7 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.INDEX_EMBED_JOBS: Queue.CPU,
     TaskName.PERSIST_CONVERSATION: Queue.CPU,
     TaskName.STORE_CONVERSATION: Queue.CPU,
+    TaskName.DELIVER_WEBHOOK: Queue.CPU,
 }
 
 
