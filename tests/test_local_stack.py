@@ -1,14 +1,18 @@
 """``make run``'s stack on a machine where nothing listens at the configured URLs.
 
 It must start the embedded Redis, PostgreSQL and Milvus Lite, serve the full
-path over HTTP, and on Ctrl-C stop every process it started.
+path over HTTP, start again each process SIGKILLed (supervisord), and on
+Ctrl-C stop every process it started.
 """
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -16,8 +20,14 @@ import pytest
 import requests
 from pymilvus import MilvusClient
 
+from api import create_app
+from config import Settings
 from devstack.services import Address, ServiceError, ensure_milvus
+from devstack.supervise import RESTART_BOUND_SECONDS, program_pids, read_procfile
 from tests.support import ROOT, free_port, metric_value, subprocess_env, wait_for
+
+# A restarted worker loads its models before it serves: slow on a busy machine.
+SERVE_AGAIN_SECONDS = 90
 
 
 def stack_processes(root_pid: int, markers: list[str]) -> list[psutil.Process]:
@@ -42,7 +52,87 @@ def stack_processes(root_pid: int, markers: list[str]) -> list[psutil.Process]:
     return list(found.values())
 
 
-@pytest.mark.timeout(420)
+def kill_and_wait_for_restart(data_dir: Path, name: str) -> int:
+    """SIGKILL program ``name``; its new pid, once supervisord has started it again."""
+    old = program_pids(data_dir)[name]
+    os.kill(old, signal.SIGKILL)
+    killed = time.monotonic()
+
+    def restarted() -> int | None:
+        new = program_pids(data_dir).get(name)
+        return new if new not in (None, old) else None
+
+    new = wait_for(restarted, RESTART_BOUND_SECONDS + 5, f"{name} to be started again")
+    assert time.monotonic() - killed < RESTART_BOUND_SECONDS, name
+    return new
+
+
+def check_supervision(data_dir: Path, base: str, headers: dict, broker_url: str, log) -> None:
+    """SIGKILL each worker, beat and gunicorn's master: each is started again, the log
+    names what died, and a job submitted before the kill finishes."""
+    settings = Settings().model_copy(update={"redis_url": broker_url})
+    celery = create_app(settings).extensions["celery"]
+    embed = {"texts": ["kill -9"]}
+    conversation = {
+        "conversation_id": "supervised",
+        "user_id": "alice",
+        "messages": [{"role": "user", "content": "A worker died while this was queued."}],
+    }
+    for name, pool, path, body in (
+        ("worker-gpu", "gpu", "/v1/jobs/embed", embed),
+        ("worker-cpu", "cpu", "/v1/jobs/conversation", conversation),
+        ("api", None, "/v1/jobs/embed", embed),
+        ("beat", None, "/v1/jobs/embed", embed),
+    ):
+        if pool is not None:
+            # The worker stops taking messages, so the job waits in the queue for the
+            # restarted worker rather than in the killed one's hands (recovering those
+            # is the recovery task's work, tested on its own).
+            node = f"{pool}@{socket.gethostname()}"
+            replies = celery.control.cancel_consumer(pool, destination=[node], reply=True)
+            assert replies, f"{node} did not answer cancel_consumer"
+        response = requests.post(f"{base}{path}", json=body, headers=headers, timeout=10)
+        assert response.status_code == 202, response.text
+        job_url = base + response.headers["Location"]
+        kill_and_wait_for_restart(data_dir, name)
+        wait_for(
+            lambda name=name: f"exited: {name} (terminated by SIGKILL; not expected)" in log(),
+            10,
+            f"supervisord to log that {name} died",
+        )
+
+        def finished(job_url: str = job_url) -> dict | None:
+            try:
+                body = requests.get(job_url, headers=headers, timeout=5).json()
+            except requests.RequestException:  # the API itself restarting
+                return None
+            return body if body["status"] in {"succeeded", "failed"} else None
+
+        job = wait_for(
+            finished, SERVE_AGAIN_SECONDS, f"the job to finish after {name} died", interval=0.5
+        )
+        assert job["status"] == "succeeded", (name, job["error"])
+    assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
+    wait_for(lambda: log().count("beat: Starting") >= 2, 30, "beat to start again", interval=0.5)
+
+
+def readme_session(base: str, headers: dict) -> None:
+    """The README's curl session: a submit that waits, and a submit then a long poll."""
+    texts = {"texts": ["How do I reset my password?", "The invoice is due on Friday."]}
+    waited = requests.post(
+        f"{base}/v1/jobs/embed", json=texts, headers={**headers, "Prefer": "wait=30"}, timeout=40
+    )
+    assert waited.status_code == 200, waited.text
+    assert waited.json()["status"] == "succeeded"
+    queued = requests.post(f"{base}/v1/jobs/embed", json=texts, headers=headers, timeout=10)
+    assert queued.status_code == 202, queued.text
+    job_id = queued.json()["id"]
+    polled = requests.get(f"{base}/v1/jobs/{job_id}?wait=30", headers=headers, timeout=40).json()
+    assert polled["status"] == "succeeded"
+    assert polled["result"]["count"] == 2
+
+
+@pytest.mark.timeout(600)
 def test_local_stack_starts_embedded_servers_and_ctrl_c_stops_everything(tmp_path):
     redis_url = f"redis://127.0.0.1:{free_port()}/0"
     database_url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/convoq"
@@ -127,16 +217,22 @@ def test_local_stack_starts_embedded_servers_and_ctrl_c_stops_everything(tmp_pat
         for pool in ("cpu", "gpu"):
             assert metric_value(api_metrics, "convoq_workers", pool=pool) == 1
 
+        assert set(program_pids(data_dir)) == {*read_procfile(), "reaper"}
+        check_supervision(data_dir, base, headers, redis_url, log_path.read_text)
+        readme_session(base, headers)
+
         started = stack_processes(stack.pid, markers)
         names = " ".join(" ".join(p.cmdline()) for p in started)
         for expected in (
             "redis-server",
             "postgres",
             "devstack.milvus_lite_server",
+            "supervisord",
             "gunicorn",
             "--queues gpu",
             "--queues cpu",
             "flower",
+            " beat ",
         ):
             assert expected in names
 
@@ -152,10 +248,13 @@ def test_local_stack_starts_embedded_servers_and_ctrl_c_stops_everything(tmp_pat
         assert "Shutting down" in (data_dir / "milvus" / "milvus.log").read_text()
         assert not Address.from_url(f"http://{api}", 80).is_listening()
     finally:
+        # Taken while supervisord still links them: each program leads a group of its own.
+        remaining = stack_processes(stack.pid, markers) if stack.poll() is None else []
         if stack.poll() is None:
             os.killpg(stack.pid, signal.SIGKILL)
-        for process in stack_processes(stack.pid, markers):
-            process.kill()
+        for process in remaining + stack_processes(stack.pid, markers):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
 
 
 def test_no_embedded_milvus_for_a_remote_uri_that_does_not_answer(tmp_path):
