@@ -12,11 +12,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
+import redis
 import requests
 from pymilvus import MilvusClient
 
@@ -24,8 +26,16 @@ from api import create_app
 from config import Settings
 from devstack.services import Address, ServiceError, ensure_milvus
 from devstack.supervise import RESTART_BOUND_SECONDS, program_pids, read_procfile
-from tests.support import ROOT, free_port, metric_value, subprocess_env, wait_for
+from tests.support import (
+    ROOT,
+    free_port,
+    metric_value,
+    queue_length,
+    subprocess_env,
+    wait_for,
+)
 
+KOMBU_BRPOP_TIMEOUT = 1  # seconds: kombu.transport.redis.Transport.brpop_timeout
 # A restarted worker loads its models before it serves: slow on a busy machine.
 SERVE_AGAIN_SECONDS = 90
 
@@ -52,26 +62,39 @@ def stack_processes(root_pid: int, markers: list[str]) -> list[psutil.Process]:
     return list(found.values())
 
 
-def kill_and_wait_for_restart(data_dir: Path, name: str) -> int:
-    """SIGKILL program ``name``; its new pid, once supervisord has started it again."""
+def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    found = []
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
+
+
+def kill_and_wait_for_restart(data_dir: Path, name: str) -> None:
+    """SIGKILL program ``name``; return once supervisord has started it again and what
+    it left running (gunicorn's workers, the prefork pool) is gone."""
     old = program_pids(data_dir)[name]
+    children = psutil.Process(old).children(recursive=True)
     os.kill(old, signal.SIGKILL)
     killed = time.monotonic()
 
-    def restarted() -> int | None:
-        new = program_pids(data_dir).get(name)
-        return new if new not in (None, old) else None
+    def restarted() -> bool:
+        return program_pids(data_dir).get(name) not in (None, old)
 
-    new = wait_for(restarted, RESTART_BOUND_SECONDS + 5, f"{name} to be started again")
+    wait_for(restarted, RESTART_BOUND_SECONDS + 5, f"{name} to be started again")
     assert time.monotonic() - killed < RESTART_BOUND_SECONDS, name
-    return new
+    wait_for(lambda: not alive(children), 5, f"the children {name} left to be killed")
 
 
-def check_supervision(data_dir: Path, base: str, headers: dict, broker_url: str, log) -> None:
+def check_supervision(
+    data_dir: Path, base: str, headers: dict, broker_url: str, log: Callable[[], str]
+) -> None:
     """SIGKILL each worker, beat and gunicorn's master: each is started again, the log
     names what died, and a job submitted before the kill finishes."""
     settings = Settings().model_copy(update={"redis_url": broker_url})
     celery = create_app(settings).extensions["celery"]
+    broker = redis.Redis.from_url(broker_url)
     embed = {"texts": ["kill -9"]}
     conversation = {
         "conversation_id": "supervised",
@@ -91,9 +114,13 @@ def check_supervision(data_dir: Path, base: str, headers: dict, broker_url: str,
             node = f"{pool}@{socket.gethostname()}"
             replies = celery.control.cancel_consumer(pool, destination=[node], reply=True)
             assert replies, f"{node} did not answer cancel_consumer"
+            # A BRPOP issued before the cancel still takes a message until it times out.
+            time.sleep(KOMBU_BRPOP_TIMEOUT + 0.5)
         response = requests.post(f"{base}{path}", json=body, headers=headers, timeout=10)
         assert response.status_code == 202, response.text
         job_url = base + response.headers["Location"]
+        if pool is not None:
+            assert queue_length(broker, pool) == 1, f"the job is not waiting in {pool}"
         kill_and_wait_for_restart(data_dir, name)
         wait_for(
             lambda name=name: f"exited: {name} (terminated by SIGKILL; not expected)" in log(),
@@ -238,8 +265,10 @@ def test_local_stack_starts_embedded_servers_and_ctrl_c_stops_everything(tmp_pat
 
         os.killpg(stack.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         stack.wait(timeout=90)
-        time.sleep(1)
-        leftovers = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        # Exiting processes (PostgreSQL's backends after pg_ctl's stop) may take a moment.
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: not alive(started), 10, "every process to exit", interval=0.2)
+        leftovers = alive(started)
         assert leftovers == [], [p.cmdline() for p in leftovers]
         assert stack_processes(stack.pid, markers) == []
         for url, port in services:
