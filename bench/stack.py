@@ -1,4 +1,5 @@
-"""The whole local stack for a benchmark: services, the gunicorn API and both worker pools.
+"""The whole local stack for a benchmark: services, the gunicorn API and both worker pools
+(``running_stack``), or ``make run``'s own supervised stack (``supervised_stack``).
 
 Benchmarks use their own database (``convoq_bench``), Redis database (12) and
 Milvus collection, so they never touch ``make run``'s data or the tests'.
