@@ -1,9 +1,12 @@
-"""The whole local stack for a benchmark: services, the gunicorn API and both worker pools.
+"""The whole local stack for a benchmark: services, the gunicorn API and both worker pools
+(``running_stack``), or ``make run``'s own supervised stack (``supervised_stack``).
 
 Benchmarks use their own database (``convoq_bench``), Redis database (12) and
 Milvus collection, so they never touch ``make run``'s data or the tests'.
 """
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +23,8 @@ import requests
 
 from config import Settings
 from devstack.stack import ROOT, LocalStack
-from services.tenants import create_api_key
+from devstack.supervise import program_pids
+from services.tenants import authenticate, create_api_key
 from tests.support import GPU_POOL, WorkerProcess, free_port, subprocess_env, wait_for
 from vectorstore import get_memory_store
 
@@ -53,6 +57,20 @@ class RunningStack:
     api_pid: int | None = None
     gpu_worker: WorkerProcess | None = None
     cpu_worker: WorkerProcess | None = None
+    # supervised_stack's data directory: program_pids(data_dir) names its processes.
+    data_dir: Path | None = None
+
+
+def _stack_env(settings: Settings, **overrides: str) -> dict[str, str]:
+    return subprocess_env(
+        {
+            "DATABASE_URL": settings.database_url,
+            "REDIS_URL": settings.redis_url,
+            "MILVUS_URI": settings.milvus_uri,
+            "MILVUS_COLLECTION": settings.milvus_collection,
+        },
+        **overrides,
+    )
 
 
 @contextmanager
@@ -78,15 +96,7 @@ def running_stack(
     """gunicorn, the solo gpu worker and (unless ``cpu=False``) the prefork cpu worker;
     ``worker_env`` is added to the workers' environment (``INFERENCE_BACKEND``, say)."""
     api = f"127.0.0.1:{free_port()}"
-    env = subprocess_env(
-        {
-            "DATABASE_URL": settings.database_url,
-            "REDIS_URL": settings.redis_url,
-            "MILVUS_URI": settings.milvus_uri,
-            "MILVUS_COLLECTION": settings.milvus_collection,
-            "API_BIND": api,
-        }
-    )
+    env = _stack_env(settings, API_BIND=api)
     tenant, key = create_api_key(settings.database_url, "bench", actor="bench")
     api_log = (log_dir / "api.log").open("wb")
     server = subprocess.Popen(
@@ -126,6 +136,60 @@ def running_stack(
             worker.stop()
         server.terminate()
         server.wait()
+
+
+@contextmanager
+def supervised_stack(settings: Settings, data_dir: Path) -> Iterator[RunningStack]:
+    """``make run``'s stack (``python -m devstack run``: supervisord running the
+    Procfile, beat and Flower included) on the services ``local_services`` started,
+    on free ports; its output goes to ``<data_dir>/devstack.log``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    api = f"127.0.0.1:{free_port()}"
+    env = _stack_env(
+        settings,
+        API_BIND=api,
+        FLOWER_PORT=str(free_port()),
+        WORKER_CPU_METRICS_PORT=str(free_port()),
+        WORKER_GPU_METRICS_PORT=str(free_port()),
+    )
+    with (data_dir / "devstack.log").open("wb") as log:
+        devstack = subprocess.Popen(
+            [sys.executable, "-m", "devstack", "run", "--data-dir", str(data_dir)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    base = f"http://{api}"
+
+    def up() -> bool:
+        if devstack.poll() is not None:
+            raise RuntimeError(f"make run's stack exited; see {data_dir / 'devstack.log'}")
+        try:
+            return requests.get(f"{base}/readyz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(up, 180, "make run's stack", interval=0.5)
+        key = (data_dir / "local-api-key").read_text().strip()
+        principal = authenticate(settings.database_url, key)
+        assert principal is not None
+        yield RunningStack(
+            settings,
+            base,
+            {"Authorization": f"Bearer {key}"},
+            str(principal.tenant_id),
+            data_dir,
+            api_pid=program_pids(data_dir)["api"],
+            data_dir=data_dir,
+        )
+    finally:
+        # What Ctrl-C does: supervisord stops every program, then the servers stop.
+        if devstack.poll() is None:
+            os.killpg(devstack.pid, signal.SIGINT)
+        try:
+            devstack.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(devstack.pid, signal.SIGKILL)
+            devstack.wait()
 
 
 def run_clients(

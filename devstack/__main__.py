@@ -3,11 +3,14 @@
 Starts Redis, PostgreSQL and Milvus Lite where nothing answers at their URLs,
 migrates the database, creates the Milvus collection, prints a local API key
 and Flower's credentials (``FLOWER_BASIC_AUTH``, generated when unset), then
-runs the ``Procfile`` under honcho. Ctrl-C stops the processes, then the
+runs the ``Procfile`` under supervisord (devstack/supervise.py), which starts
+again any process that dies. Ctrl-C or SIGTERM stops the processes, then the
 embedded servers.
 """
 
 import argparse
+import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -19,6 +22,7 @@ from config import get_settings
 from config.logs import configure_logging
 from devstack.services import ServiceError
 from devstack.stack import DEFAULT_DATA_DIR, ROOT, LocalStack
+from devstack.supervise import write_config
 from vectorstore import MemoryStoreError
 
 # What the Procfile's processes read, and their defaults for the local run.
@@ -45,8 +49,21 @@ convoq is starting.  API: {api_url}   docs: {api_url}/docs   memory: {milvus}
   curl -s -X POST {api_url}/v1/jobs/embed -H "Authorization: Bearer $CONVOQ_KEY" \\
        -H 'Content-Type: application/json' -d '{{"texts": ["hello world"]}}'
 
+A process that dies is started again (supervisord logs "exited: NAME ...").
 Ctrl-C stops everything.
 """
+
+
+def _append_to_stdout() -> None:
+    """Make writes to our stdout append when it is a file (``make run > log``).
+
+    supervisord writes its log lines through this descriptor and the processes'
+    output through its own opening of /dev/stdout: without O_APPEND on both,
+    each would write over the other's lines.
+    """
+    flags = fcntl.fcntl(sys.stdout.fileno(), fcntl.F_GETFL)
+    with contextlib.suppress(OSError):  # a terminal or a pipe: nothing to do
+        fcntl.fcntl(sys.stdout.fileno(), fcntl.F_SETFL, flags | os.O_APPEND)
 
 
 def run(data_dir: Path) -> int:
@@ -65,26 +82,30 @@ def run(data_dir: Path) -> int:
         if "FLOWER_BASIC_AUTH" not in env:
             flower_auth = env["FLOWER_BASIC_AUTH"] = stack.flower_credentials()
         env.setdefault("CONVOQ_METRICS_DIR", str(data_dir.resolve() / "metrics"))
+        env["CONVOQ_DATA_DIR"] = str(data_dir.resolve())
         for name, value in LOCAL_RUN_DEFAULTS.items():
             env.setdefault(name, value)
         api_url = f"http://{settings.api_bind}"
         banner = _banner(api_url, stack.local_api_key(), milvus, env, flower_auth)
         print(banner, flush=True)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        honcho = subprocess.Popen(
-            [sys.executable, "-m", "honcho", "start", "--procfile", str(ROOT / "Procfile")],
+        config = write_config(data_dir)
+        _append_to_stdout()
+        sys.stdout.flush()
+        supervisord = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.supervisord", "--configuration", str(config)],
             cwd=ROOT,
             env=env,
         )
 
         def forward(signum: int, frame: FrameType | None) -> None:
-            # Ctrl-C reaches honcho directly (same process group); SIGTERM does not.
-            if signum == signal.SIGTERM and honcho.poll() is None:
-                honcho.send_signal(signal.SIGTERM)
+            # Ctrl-C reaches supervisord directly (same process group); SIGTERM does not.
+            if signum == signal.SIGTERM and supervisord.poll() is None:
+                supervisord.send_signal(signal.SIGTERM)
 
         signal.signal(signal.SIGINT, forward)
         signal.signal(signal.SIGTERM, forward)
-        return honcho.wait()
+        return supervisord.wait()
     finally:
         stack.stop()
 

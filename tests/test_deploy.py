@@ -31,6 +31,7 @@ from kombu.transport.redis import PRIORITY_STEPS
 from kombu.transport.redis import Channel as RedisChannel
 
 from config import Settings
+from devstack.supervise import read_procfile, supervisord_config
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -59,6 +60,9 @@ API_COMMAND = shlex.split("gunicorn --config config/gunicorn.py 'api:create_app(
 FLOWER_COMMAND = shlex.split(
     f"env -u PROMETHEUS_MULTIPROC_DIR celery --app {APP} flower --port 5555"
 )
+BEAT_COMMAND = shlex.split(f"celery --app {APP} beat --schedule /tmp/celerybeat-schedule")
+# The long-running convoq processes: the Procfile's, the compose file's and the manifests'.
+PROCESSES = {"api", "worker-gpu", "worker-cpu", "flower", "beat"}
 COMPOSE_SERVICES = {
     "redis",
     "postgres",
@@ -70,6 +74,7 @@ COMPOSE_SERVICES = {
     "worker-gpu",
     "worker-cpu",
     "flower",
+    "beat",
     "prometheus",
     "grafana",
 }
@@ -256,12 +261,75 @@ def test_compose_runs_the_documented_commands():
         assert services[name]["command"] == command, name
     assert services["api"]["command"] == API_COMMAND
     assert services["flower"]["command"] == FLOWER_COMMAND
+    assert services["beat"]["command"] == BEAT_COMMAND
     assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
     assert compose_environment(services["api"])["API_BIND"] == "0.0.0.0:8000"
     assert compose_environment(services["flower"])["FLOWER_BASIC_AUTH"].startswith("convoq:")
     assert services["milvus"]["command"] == ["milvus", "run", "standalone"]
     assert "localhost:9091/healthz" in " ".join(services["milvus"]["healthcheck"]["test"])
     assert services["etcd"]["image"].startswith("quay.io/coreos/etcd:")
+
+
+def procfile_commands(procfile: dict[str, str]) -> dict[str, list[str]]:
+    """The Procfile's commands as the containers run them: without the leading
+    VARIABLE=value words (the image and the manifests set those) and the log level."""
+    commands = {}
+    for name, line in procfile.items():
+        args = shlex.split(line)
+        while "=" in args[0]:
+            args.pop(0)
+        if "--loglevel" in args:
+            del args[args.index("--loglevel") : args.index("--loglevel") + 2]
+        commands[name] = args
+    return commands
+
+
+def procfile_problems(procfile: dict[str, str]) -> list[str]:
+    """make run runs what the compose file and the manifests run (the Procfile is
+    devstack/supervise.py's process table)."""
+    commands = procfile_commands(procfile)
+    if set(commands) != PROCESSES:
+        return [f"processes {sorted(commands)}, not {sorted(PROCESSES)}"]
+    expected = {
+        **WORKER_COMMANDS,
+        "api": API_COMMAND,
+        # Locally Flower's port comes from FLOWER_PORT and beat's schedule file
+        # lives in the data directory.
+        "flower": FLOWER_COMMAND[: FLOWER_COMMAND.index("--port")],
+        "beat": BEAT_COMMAND[: BEAT_COMMAND.index("--schedule") + 1],
+    }
+    problems = []
+    for name, command in commands.items():
+        if name == "beat":
+            command = command[: command.index("--schedule") + 1] if "--schedule" in command else []
+        if command != expected[name]:
+            problems.append(f"{name}: {shlex.join(command)}")
+    return problems
+
+
+def test_the_procfile_runs_the_documented_commands():
+    assert procfile_problems(read_procfile()) == []
+    config = supervisord_config(read_procfile(), Path("/data"), "password")
+    for name in PROCESSES:
+        assert f"[program:{name}]" in config
+
+
+@pytest.mark.parametrize(
+    ("name", "line", "problem"),
+    [
+        ("beat", None, "processes"),
+        ("beat", f"celery --app {APP} beat", "beat: "),
+        ("worker-cpu", f"celery --app {APP} worker --queues cpu --pool solo", "worker-cpu: "),
+        ("api", "gunicorn 'api:create_app()'", "api: "),
+    ],
+)
+def test_procfile_rules_catch_a_broken_procfile(name, line, problem):
+    procfile = read_procfile()
+    if line is None:
+        del procfile[name]
+    else:
+        procfile[name] = line
+    assert any(p.startswith(problem) for p in procfile_problems(procfile))
 
 
 def test_compose_workers_outlast_the_hard_time_limit(monkeypatch):
@@ -509,12 +577,7 @@ def test_manifests_are_namespace_less():
 
 
 def test_the_required_objects_exist():
-    assert set(objects("Deployment")) == {
-        "convoq-api",
-        "convoq-worker-gpu",
-        "convoq-worker-cpu",
-        "convoq-flower",
-    }
+    assert set(objects("Deployment")) == {f"convoq-{name}" for name in PROCESSES}
     assert set(objects("ScaledObject")) == {"convoq-worker-gpu", "convoq-worker-cpu"}
     assert set(objects("ScaledObject", K8S / "fallback")) == set(objects("ScaledObject"))
     assert {"DATABASE_URL", "REDIS_URL", "FLOWER_BASIC_AUTH"} <= set(
@@ -567,6 +630,11 @@ def test_services_select_their_pods_and_ports():
 def test_every_deployment_has_probes_on_its_own_ports():
     for name, deployment in objects("Deployment").items():
         main = container(deployment)
+        if name == "convoq-beat":  # no port: its probe reads its schedule file
+            assert "/tmp/celerybeat-schedule" in " ".join(main["livenessProbe"]["exec"]["command"])
+            assert cli_option(main["command"], "--schedule") == "/tmp/celerybeat-schedule"
+            assert pod_spec(deployment)["securityContext"]["runAsNonRoot"] is True, name
+            continue
         ports = {port["name"]: port["containerPort"] for port in main["ports"]}
         for probe in ("livenessProbe", "readinessProbe"):
             assert main[probe]["httpGet"]["port"] in ports, f"{name} {probe}"
@@ -587,9 +655,25 @@ def test_kubernetes_runs_the_documented_commands():
         )
     assert container(deployments["convoq-api"])["command"] == API_COMMAND
     assert container(deployments["convoq-flower"])["command"] == FLOWER_COMMAND
+    assert container(deployments["convoq-beat"])["command"] == BEAT_COMMAND
     gpu = container(deployments["convoq-worker-gpu"])
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "nvidia.com/gpu" not in json.dumps(container(deployments["convoq-worker-cpu"]))
+
+
+def test_beat_runs_once():
+    """Two beats would send every periodic task twice."""
+    beat = objects("Deployment")["convoq-beat"]
+    assert beat["spec"]["replicas"] == 1
+    # Recreate: a rollout stops the old pod before it starts the new one.
+    assert beat["spec"]["strategy"] == {"type": "Recreate"}
+    targets = {s["spec"]["scaleTargetRef"]["name"] for s in objects("ScaledObject").values()}
+    assert "convoq-beat" not in targets
+    compose_beat = load_yaml(COMPOSE)["services"]["beat"]
+    assert "deploy" not in compose_beat
+    assert compose_beat["healthcheck"]["test"][-1] in " ".join(
+        container(beat)["livenessProbe"]["exec"]["command"]
+    )
 
 
 @pytest.fixture

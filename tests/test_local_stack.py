@@ -1,23 +1,43 @@
 """``make run``'s stack on a machine where nothing listens at the configured URLs.
 
 It must start the embedded Redis, PostgreSQL and Milvus Lite, serve the full
-path over HTTP, and on Ctrl-C stop every process it started.
+path over HTTP, start again each process SIGKILLed (supervisord), and on
+Ctrl-C stop every process it started.
 """
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
+import redis
 import requests
 from pymilvus import MilvusClient
 
+from api import create_app
+from config import Settings
 from devstack.services import Address, ServiceError, ensure_milvus
-from tests.support import ROOT, free_port, metric_value, subprocess_env, wait_for
+from devstack.supervise import RESTART_BOUND_SECONDS, program_pids, read_procfile
+from tests.support import (
+    ROOT,
+    free_port,
+    metric_value,
+    queue_length,
+    subprocess_env,
+    wait_for,
+)
+
+KOMBU_BRPOP_TIMEOUT = 1  # seconds: kombu.transport.redis.Transport.brpop_timeout
+# A restarted worker loads its models before it serves: slow on a busy machine.
+SERVE_AGAIN_SECONDS = 90
 
 
 def stack_processes(root_pid: int, markers: list[str]) -> list[psutil.Process]:
@@ -42,7 +62,104 @@ def stack_processes(root_pid: int, markers: list[str]) -> list[psutil.Process]:
     return list(found.values())
 
 
-@pytest.mark.timeout(420)
+def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    found = []
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
+
+
+def kill_and_wait_for_restart(data_dir: Path, name: str) -> None:
+    """SIGKILL program ``name``; return once supervisord has started it again and what
+    it left running (gunicorn's workers, the prefork pool) is gone."""
+    old = program_pids(data_dir)[name]
+    children = psutil.Process(old).children(recursive=True)
+    os.kill(old, signal.SIGKILL)
+    killed = time.monotonic()
+
+    def restarted() -> bool:
+        return program_pids(data_dir).get(name) not in (None, old)
+
+    wait_for(restarted, RESTART_BOUND_SECONDS + 5, f"{name} to be started again")
+    assert time.monotonic() - killed < RESTART_BOUND_SECONDS, name
+    wait_for(lambda: not alive(children), 5, f"the children {name} left to be killed")
+
+
+def check_supervision(
+    data_dir: Path, base: str, headers: dict, broker_url: str, log: Callable[[], str]
+) -> None:
+    """SIGKILL each worker, beat and gunicorn's master: each is started again, the log
+    names what died, and a job submitted before the kill finishes."""
+    settings = Settings().model_copy(update={"redis_url": broker_url})
+    celery = create_app(settings).extensions["celery"]
+    broker = redis.Redis.from_url(broker_url)
+    embed = {"texts": ["kill -9"]}
+    conversation = {
+        "conversation_id": "supervised",
+        "user_id": "alice",
+        "messages": [{"role": "user", "content": "A worker died while this was queued."}],
+    }
+    for name, pool, path, body in (
+        ("worker-gpu", "gpu", "/v1/jobs/embed", embed),
+        ("worker-cpu", "cpu", "/v1/jobs/conversation", conversation),
+        ("api", None, "/v1/jobs/embed", embed),
+        ("beat", None, "/v1/jobs/embed", embed),
+    ):
+        if pool is not None:
+            # The worker stops taking messages, so the job waits in the queue for the
+            # restarted worker rather than in the killed one's hands (recovering those
+            # is the recovery task's work, tested on its own).
+            node = f"{pool}@{socket.gethostname()}"
+            replies = celery.control.cancel_consumer(pool, destination=[node], reply=True)
+            assert replies, f"{node} did not answer cancel_consumer"
+            # A BRPOP issued before the cancel still takes a message until it times out.
+            time.sleep(KOMBU_BRPOP_TIMEOUT + 0.5)
+        response = requests.post(f"{base}{path}", json=body, headers=headers, timeout=10)
+        assert response.status_code == 202, response.text
+        job_url = base + response.headers["Location"]
+        if pool is not None:
+            assert queue_length(broker, pool) == 1, f"the job is not waiting in {pool}"
+        kill_and_wait_for_restart(data_dir, name)
+        wait_for(
+            lambda name=name: f"exited: {name} (terminated by SIGKILL; not expected)" in log(),
+            10,
+            f"supervisord to log that {name} died",
+        )
+
+        def finished(job_url: str = job_url) -> dict | None:
+            try:
+                body = requests.get(job_url, headers=headers, timeout=5).json()
+            except requests.RequestException:  # the API itself restarting
+                return None
+            return body if body["status"] in {"succeeded", "failed"} else None
+
+        job = wait_for(
+            finished, SERVE_AGAIN_SECONDS, f"the job to finish after {name} died", interval=0.5
+        )
+        assert job["status"] == "succeeded", (name, job["error"])
+    assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
+    wait_for(lambda: log().count("beat: Starting") >= 2, 30, "beat to start again", interval=0.5)
+
+
+def readme_session(base: str, headers: dict) -> None:
+    """The README's curl session: a submit that waits, and a submit then a long poll."""
+    texts = {"texts": ["How do I reset my password?", "The invoice is due on Friday."]}
+    waited = requests.post(
+        f"{base}/v1/jobs/embed", json=texts, headers={**headers, "Prefer": "wait=30"}, timeout=40
+    )
+    assert waited.status_code == 200, waited.text
+    assert waited.json()["status"] == "succeeded"
+    queued = requests.post(f"{base}/v1/jobs/embed", json=texts, headers=headers, timeout=10)
+    assert queued.status_code == 202, queued.text
+    job_id = queued.json()["id"]
+    polled = requests.get(f"{base}/v1/jobs/{job_id}?wait=30", headers=headers, timeout=40).json()
+    assert polled["status"] == "succeeded"
+    assert polled["result"]["count"] == 2
+
+
+@pytest.mark.timeout(600)
 def test_local_stack_starts_embedded_servers_and_ctrl_c_stops_everything(tmp_path):
     redis_url = f"redis://127.0.0.1:{free_port()}/0"
     database_url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/convoq"
@@ -127,23 +244,31 @@ def test_local_stack_starts_embedded_servers_and_ctrl_c_stops_everything(tmp_pat
         for pool in ("cpu", "gpu"):
             assert metric_value(api_metrics, "convoq_workers", pool=pool) == 1
 
+        assert set(program_pids(data_dir)) == {*read_procfile(), "reaper"}
+        check_supervision(data_dir, base, headers, redis_url, log_path.read_text)
+        readme_session(base, headers)
+
         started = stack_processes(stack.pid, markers)
         names = " ".join(" ".join(p.cmdline()) for p in started)
         for expected in (
             "redis-server",
             "postgres",
             "devstack.milvus_lite_server",
+            "supervisord",
             "gunicorn",
             "--queues gpu",
             "--queues cpu",
             "flower",
+            " beat ",
         ):
             assert expected in names
 
         os.killpg(stack.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         stack.wait(timeout=90)
-        time.sleep(1)
-        leftovers = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        # Exiting processes (PostgreSQL's backends after pg_ctl's stop) may take a moment.
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: not alive(started), 10, "every process to exit", interval=0.2)
+        leftovers = alive(started)
         assert leftovers == [], [p.cmdline() for p in leftovers]
         assert stack_processes(stack.pid, markers) == []
         for url, port in services:
@@ -152,10 +277,13 @@ def test_local_stack_starts_embedded_servers_and_ctrl_c_stops_everything(tmp_pat
         assert "Shutting down" in (data_dir / "milvus" / "milvus.log").read_text()
         assert not Address.from_url(f"http://{api}", 80).is_listening()
     finally:
+        # Taken while supervisord still links them: each program leads a group of its own.
+        remaining = stack_processes(stack.pid, markers) if stack.poll() is None else []
         if stack.poll() is None:
             os.killpg(stack.pid, signal.SIGKILL)
-        for process in stack_processes(stack.pid, markers):
-            process.kill()
+        for process in remaining + stack_processes(stack.pid, markers):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
 
 
 def test_no_embedded_milvus_for_a_remote_uri_that_does_not_answer(tmp_path):
