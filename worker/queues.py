@@ -21,6 +21,8 @@ class TaskName(StrEnum):
     INDEX_EMBED_JOBS = "tasks.memory.index_embed_jobs"
     PERSIST_CONVERSATION = "tasks.conversation.persist"
     STORE_CONVERSATION = "tasks.conversation.store"
+    # cpu, periodic (worker/schedule.py)
+    RECOVER_JOBS = "tasks.recovery.recover_jobs"
 
 
 TASK_QUEUES: dict[TaskName, Queue] = {
@@ -29,6 +31,7 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.INDEX_EMBED_JOBS: Queue.CPU,
     TaskName.PERSIST_CONVERSATION: Queue.CPU,
     TaskName.STORE_CONVERSATION: Queue.CPU,
+    TaskName.RECOVER_JOBS: Queue.CPU,
 }
 
 
