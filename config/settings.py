@@ -257,11 +257,33 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [host.strip().lower() for host in value.split(",") if host.strip()]
         return value
+    # Recovery from the job rows (services/recovery.py), run by Celery beat every
+    # recovery_interval_seconds. A job whose worker stopped beating (3 missed
+    # heartbeats: 15 s) is published again at the next run, so at these defaults
+    # a killed worker's jobs are back on the queue within ~25 s of the kill.
+    recovery_interval_seconds: Annotated[float, Field(gt=0)] = 10.0
+    # A job no worker holds (queued, or released) with no message left in the
+    # broker for this long is published again: a lost publish.
+    recovery_unclaimed_after_seconds: Annotated[float, Field(gt=0)] = 20.0
+    # A job a live worker claimed this long ago (past any task's hard time limit)
+    # is looked for in the broker too: a next step that was never sent.
+    recovery_stale_after_seconds: Annotated[float, Field(gt=0)] = 900.0
+    # Jobs looked at per run, of each kind: a run's work stays bounded on a backlog.
+    recovery_batch_size: PositiveInt = 500
 
     @model_validator(mode="after")
     def _default_page_within_max(self) -> "Settings":
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size must not exceed max_page_size")
+        return self
+
+    @model_validator(mode="after")
+    def _stale_after_any_task(self) -> "Settings":
+        if self.recovery_stale_after_seconds <= self.celery.task_time_limit:
+            raise ValueError(
+                "recovery_stale_after_seconds must exceed celery.task_time_limit, or a "
+                "running task's job is published a second time"
+            )
         return self
 
 

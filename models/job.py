@@ -5,7 +5,17 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Enum, ForeignKey, Index, LargeBinary, String, Text, text
+from sqlalchemy import (
+    CheckConstraint,
+    Enum,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    Text,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -69,6 +79,14 @@ class Job(Base):
             unique=True,
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
+        # The recovery sweep (services/recovery.py): active jobs by when they were
+        # last claimed, and the running ones by the worker that holds them.
+        Index(
+            "ix_jobs_active_claimed",
+            "claimed_at",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+        Index("ix_jobs_running_worker", "worker", postgresql_where=text("status = 'running'")),
         CheckConstraint("progress_done >= 0 AND progress_total >= 0", name="progress_non_negative"),
     )
 
@@ -97,3 +115,9 @@ class Job(Base):
     callback_url: Mapped[str | None] = mapped_column(Text)
     webhook_status: Mapped[str | None] = mapped_column(String(16))
     webhook_attempts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    # The worker incarnation that last started or resumed the job
+    # (``worker.presence.worker_identity``); None while no worker holds it.
+    worker: Mapped[str | None] = mapped_column(String(255))
+    # When a worker last claimed it, or the recovery sweep last saw it queued
+    # or published it again; its submission until then.
+    claimed_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -31,7 +31,9 @@ from typing import Any
 from sqlalchemy import (
     Integer,
     Row,
+    String,
     Uuid,
+    all_,
     and_,
     any_,
     bindparam,
@@ -51,11 +53,19 @@ from models.db import transaction
 from services.notify import MAX_CARRIED_ROW_BYTES
 
 JOBS = Job.__table__
+# Which worker holds a job, and since when: the recovery sweep's bookkeeping.
+_CLAIM_COLUMNS = ("worker", "claimed_at")
 # Everything but the vectors, which only readers of results need.
 SUMMARY_COLUMNS = tuple(column for column in JOBS.c if column.name != "vectors")
-# What a change to a final status returns: everything but the parameters, for
-# the metrics and for the announcement that carries the row to its waiters.
-_FINISHED_COLUMNS = tuple(column for column in JOBS.c if column.name != "params")
+# What a change to a final status returns: everything but the parameters and the
+# claim, for the metrics and for the announcement that carries the row to its waiters.
+_FINISHED_COLUMNS = tuple(
+    column for column in JOBS.c if column.name not in ("params", *_CLAIM_COLUMNS)
+)
+# What the recovery sweep reads to publish a job again.
+_RECOVERY_COLUMNS = tuple(
+    JOBS.c[name] for name in ("id", "type", "status", "params", "progress_done", "progress_total")
+) + tuple(JOBS.c[name] for name in _CLAIM_COLUMNS)
 
 # Told the rows of the jobs that reached a final status (``services.notify``).
 Notify = Callable[[Sequence[Row]], None]
@@ -133,6 +143,10 @@ def _active() -> Any:
     return or_(*(JOBS.c.status == status.value for status in ACTIVE_STATUSES))
 
 
+def _seconds_ago(seconds: float) -> Any:
+    return func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
 def _running() -> Any:
     return JOBS.c.status == JobStatus.RUNNING.value
 
@@ -163,6 +177,16 @@ _STORE_VECTORS_MANY = text(
     UPDATE jobs SET vectors = v.vectors
     FROM unnest(CAST(:ids AS uuid[]), CAST(:vectors AS bytea[])) AS v(id, vectors)
     WHERE jobs.id = v.id AND jobs.status = 'running'
+    RETURNING jobs.id
+    """
+)
+_RECLAIM_MANY = text(
+    """
+    UPDATE jobs SET worker = NULL, claimed_at = now(), status = v.status
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:claimed AS timestamptz[]), CAST(:statuses AS text[]))
+        AS v(id, claimed, status)
+    WHERE jobs.id = v.id AND jobs.claimed_at = v.claimed
+        AND jobs.status IN ('queued', 'running')
     RETURNING jobs.id
     """
 )
@@ -285,9 +309,11 @@ class JobStore:
         started = self.start_many({job_id: max_attempts})
         return started[0] if started else None
 
-    def start_many(self, max_attempts: Mapping[uuid.UUID, int]) -> list[Row]:
-        """Mark the jobs running and count their attempts, in one statement; the rows
-        of those that may run.
+    def start_many(
+        self, max_attempts: Mapping[uuid.UUID, int], *, worker: str | None = None
+    ) -> list[Row]:
+        """Mark the jobs running on ``worker`` (its identity) and count their attempts,
+        in one statement; the rows of those that may run.
 
         A job already ``running`` may start again: its worker died and the
         broker delivered the task anew. One started more than its
@@ -304,6 +330,8 @@ class JobStore:
                     status=JobStatus.RUNNING,
                     attempts=JOBS.c.attempts + 1,
                     started_at=func.coalesce(JOBS.c.started_at, func.now()),
+                    worker=worker,
+                    claimed_at=func.now(),
                 )
                 .returning(*SUMMARY_COLUMNS)
             ).all()
@@ -328,10 +356,11 @@ class JobStore:
         *,
         done: int | None = None,
         steps_left: int | None = None,
+        worker: str | None = None,
     ) -> list[Row]:
         """The rows of those of the jobs still running, for their next step (vectors a
-        previous step made included), whose progress becomes ``done`` steps, or all
-        but ``steps_left``."""
+        previous step made included), now held by ``worker``, whose progress becomes
+        ``done`` steps, or all but ``steps_left``."""
         if not job_ids:
             return []
         if done is not None:
@@ -344,7 +373,7 @@ class JobStore:
             rows = connection.execute(
                 update(JOBS)
                 .where(_ids(job_ids), _running())
-                .values(progress_done=progress)
+                .values(progress_done=progress, worker=worker, claimed_at=func.now())
                 .returning(*JOBS.c)
             ).all()
         if done is not None or steps_left is not None:
@@ -431,6 +460,75 @@ class JobStore:
 
     def fail(self, job_id: uuid.UUID, code: JobErrorCode | str, message: str) -> bool:
         return job_id in self.fail_many([job_id], code, message)
+
+    # -- recovery (services.recovery) ---------------------------------------
+
+    def release_many(self, job_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        """Let go of active jobs whose next message could not be published: no worker
+        holds them now, and the recovery sweep publishes them again."""
+        job_ids = list(job_ids)
+        if not job_ids:
+            return set()
+        with self._transaction() as connection:
+            rows = connection.execute(
+                update(JOBS)
+                .where(_ids(job_ids), _active())
+                .values(worker=None, claimed_at=func.now())
+                .returning(JOBS.c.id)
+            ).all()
+        return {row.id for row in rows}
+
+    def orphaned(self, live_workers: Iterable[str], *, grace: float, limit: int) -> list[Row]:
+        """Running jobs held by a worker not among ``live_workers``, claimed more than
+        ``grace`` seconds ago (a worker beats only once it is ready)."""
+        with self._transaction() as connection:
+            return connection.execute(
+                select(*_RECOVERY_COLUMNS)
+                .where(
+                    _running(),
+                    JOBS.c.worker.is_not(None),
+                    JOBS.c.worker != all_(bindparam("live", list(live_workers), ARRAY(String))),
+                    JOBS.c.claimed_at < _seconds_ago(grace),
+                )
+                .order_by(JOBS.c.claimed_at)
+                .limit(limit)
+            ).all()
+
+    def unclaimed(self, *, after: float, stale_after: float, limit: int) -> list[Row]:
+        """Active jobs no worker has held for ``after`` seconds, and those a worker
+        claimed more than ``stale_after`` seconds ago, oldest claim first."""
+        ago, stale = _seconds_ago(after), _seconds_ago(stale_after)
+        with self._transaction() as connection:
+            return connection.execute(
+                select(*_RECOVERY_COLUMNS)
+                .where(
+                    _active(),
+                    JOBS.c.claimed_at < ago,
+                    or_(JOBS.c.worker.is_(None), JOBS.c.claimed_at < stale),
+                )
+                .order_by(JOBS.c.claimed_at)
+                .limit(limit)
+            ).all()
+
+    def reclaim(
+        self, seen: Sequence[Row], statuses: Mapping[uuid.UUID, JobStatus]
+    ) -> set[uuid.UUID]:
+        """Take the jobs from their worker as the sweep ``seen`` them, in one statement:
+        no worker holds them, their claim starts now, and their status becomes
+        ``statuses[id]`` (a job sent back to its first task is ``queued`` again).
+        A job changed since it was seen is left alone; the ids taken."""
+        if not seen:
+            return set()
+        with self._transaction() as connection:
+            rows = connection.execute(
+                _RECLAIM_MANY,
+                {
+                    "ids": [row.id for row in seen],
+                    "claimed": [row.claimed_at for row in seen],
+                    "statuses": [str(statuses[row.id]) for row in seen],
+                },
+            ).all()
+        return {row.id for row in rows}
 
     # -- caller-side ------------------------------------------------------
 

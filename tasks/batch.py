@@ -13,6 +13,10 @@ acknowledges every message even when the batch function raises, so the
 function must settle each delivery itself: store its result, fail its job, or
 ``requeue`` it. Whatever still escapes is caught here and every delivery of the
 batch is put back on the queue, at most ``MAX_BATCH_FAILURES`` times.
+
+A delivery that cannot be put back (the broker is down) is not lost: its job
+is released on its row (``on_unpublished``, one statement for the batch) and
+the recovery sweep (``services.recovery``) publishes it again.
 """
 
 import logging
@@ -114,6 +118,8 @@ class Batch:
         self.task = task
         self.by_job = {d.job_id: d for d in deliveries}
         self.requeued: set[str] = set()
+        # Jobs whose message could not be put back: left to the recovery sweep.
+        self.unpublished: set[uuid.UUID] = set()
 
     def retries_of(self, kind: type[Message]) -> dict[uuid.UUID, int]:
         """``{job id: retries}`` of the deliveries whose message is of ``kind``."""
@@ -125,8 +131,10 @@ class Batch:
         """Put the jobs' deliveries (all, by default) back on the queue, with a backoff."""
         for job_id in self.by_job if job_ids is None else job_ids:
             delivery = self.by_job[job_id]
-            requeue(self.task.app, delivery)
-            self.requeued.add(delivery.request.id)
+            if requeue(self.task.app, delivery):
+                self.requeued.add(delivery.request.id)
+            else:
+                self.unpublished.add(job_id)
 
     def send_next(self, step: TaskName, job_ids: Iterable[uuid.UUID]) -> None:
         """Send each job's next step; one that cannot be sent runs this step again later."""
@@ -138,7 +146,8 @@ class Batch:
                 self.requeue([job_id])
 
 
-BatchWork = Callable[[Task, Sequence[Delivery]], set[str]]
+# ``work(task, deliveries)`` settles the deliveries with a ``Batch`` and returns it.
+BatchWork = Callable[[Task, Sequence[Delivery]], Batch]
 
 
 def batch_task(
@@ -147,30 +156,31 @@ def batch_task(
     flush_every: int,
     flush_interval: float,
     on_give_up: Callable[[Sequence[Delivery]], None],
+    on_unpublished: Callable[[set[uuid.UUID]], None],
 ) -> Callable[[BatchWork], Task]:
     """Declare a batched task. ``work(task, deliveries)`` settles every delivery and
-    returns the ids of the requests it put back on the queue; ``on_give_up`` is
-    called with deliveries dropped after repeated unforeseen failures."""
+    returns its ``Batch`` (what it put back on the queue, what it could not);
+    ``on_give_up`` is called with deliveries dropped after repeated unforeseen
+    failures, ``on_unpublished`` with the jobs whose message could not be put back."""
 
     def decorator(work: BatchWork) -> Task:
         def run(task: Task, requests: Sequence[SimpleRequest]) -> None:
             deliveries = [d for r in requests if (d := _read(r)) is not None]
             _announce_received(task, deliveries)
             started = perf_counter()
-            requeued: set[str] = set()
+            batch = Batch(task, deliveries)
             given_up: list[Delivery] = []
             try:
-                requeued = work(task, deliveries)
+                batch = work(task, deliveries)
             except Exception:
                 log.exception("batch failed; its requests are queued again")
                 given_up = [d for d in deliveries if d.retries >= MAX_BATCH_FAILURES]
-                for delivery in deliveries:
-                    if delivery not in given_up:
-                        requeue(task.app, delivery)
-                        requeued.add(delivery.request.id)
+                batch.requeue(d.job_id for d in deliveries if d not in given_up)
                 if given_up:
                     on_give_up(given_up)
-            _announce(task, deliveries, requeued, given_up, perf_counter() - started)
+            if batch.unpublished:
+                on_unpublished(batch.unpublished)
+            _announce(task, deliveries, batch.requeued, given_up, perf_counter() - started)
 
         run.__name__, run.__qualname__, run.__doc__ = work.__name__, work.__qualname__, work.__doc__
         run.__module__ = work.__module__
@@ -256,8 +266,9 @@ def _announce(
     _send_events(task, deliveries, outcome)
 
 
-def requeue(app: Celery, delivery: Delivery) -> None:
-    """Publish the message again after a backoff, as ``Task.retry`` would.
+def requeue(app: Celery, delivery: Delivery) -> bool:
+    """Publish the message again after a backoff, as ``Task.retry`` would; False
+    when the broker could not take it.
 
     It keeps its task id, arguments and priority, and counts the retry in
     its headers.
@@ -265,11 +276,16 @@ def requeue(app: Celery, delivery: Delivery) -> None:
     request = delivery.request
     retries = delivery.retries + 1
     delay = min(MAX_REQUEUE_DELAY, 2.0**retries) * random.uniform(0.5, 1.0)  # noqa: S311
-    app.send_task(
-        request.name,
-        args=request.args,
-        task_id=request.id,
-        countdown=delay,
-        retries=retries,
-        priority=(request.delivery_info or {}).get("priority"),
-    )
+    try:
+        app.send_task(
+            request.name,
+            args=request.args,
+            task_id=request.id,
+            countdown=delay,
+            retries=retries,
+            priority=(request.delivery_info or {}).get("priority"),
+        )
+    except Exception:
+        log.warning("could not queue a request again", exc_info=True)
+        return False
+    return True

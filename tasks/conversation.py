@@ -15,6 +15,7 @@ from config import get_settings
 from config.logs import log_context
 from services import vectors
 from services.conversations import ConversationStore
+from services.dispatch import conversation_pipeline
 from services.memory import conversation_records
 from tasks.base import job_task
 from tasks.frame import JobFrame
@@ -27,10 +28,7 @@ log = logging.getLogger(__name__)
 
 def next_step(summarize: bool, embed: bool, *, after: TaskName) -> TaskName:
     """The step that follows ``after`` in a pipeline with these options."""
-    order = [TaskName.PERSIST_CONVERSATION]
-    order += [TaskName.SUMMARIZE] if summarize else []
-    order += [TaskName.EMBED] if embed else []
-    order.append(TaskName.STORE_CONVERSATION)
+    order = conversation_pipeline(summarize, embed)
     return order[order.index(after) + 1]
 
 
@@ -53,7 +51,11 @@ def persist(task: Task, message: dict) -> None:
         step = next_step(
             job.params["summarize"], job.params["embed"], after=TaskName.PERSIST_CONVERSATION
         )
-        task.app.send_task(step.value, args=task_args(StepMessage(job_id=job_id)))
+        try:
+            task.app.send_task(step.value, args=task_args(StepMessage(job_id=job_id)))
+        except Exception:
+            log.warning("could not send the next step", exc_info=True)
+            frame.release([job_id])
 
 
 @job_task(TaskName.STORE_CONVERSATION)

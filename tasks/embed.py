@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 @gpu_batch_task(TaskName.EMBED, flush_every=get_settings().batch_flush_every)
-def embed(task: Task, deliveries: Sequence[Delivery]) -> set[str]:
+def embed(task: Task, deliveries: Sequence[Delivery]) -> Batch:
     """Embed the texts of every job of the batch, in shared forward passes."""
     settings = get_settings()
     frame = JobFrame.from_settings()
@@ -71,7 +71,7 @@ def embed(task: Task, deliveries: Sequence[Delivery]) -> set[str]:
                 _settle_jobs(batch, frame, done_jobs, jobs, info)
                 done_steps = {i: _packed(vectors[i]) for i in vectors if i in steps}
                 batch.send_next(TaskName.STORE_CONVERSATION, frame.store.store_vectors(done_steps))
-    return batch.requeued
+    return batch
 
 
 def _packed(vectors: np.ndarray) -> bytes:

@@ -32,6 +32,7 @@ from services.jobs import JobStore
 from services.notify import changed_notifier, finished_notifier
 from services.webhooks import WebhookSender
 from vectorstore import TRANSIENT_MILVUS_ERRORS
+from worker.presence import worker_identity
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,21 @@ class TimeLimitExceeded(Exception):
 
 
 class JobFrame:
-    def __init__(self, store: JobStore, *, max_attempts: int, soft_limit: float) -> None:
+    """``worker`` is the identity written on the rows this process starts or resumes
+    (``worker.presence``): the recovery sweep takes them back when it stops beating."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        max_attempts: int,
+        soft_limit: float,
+        worker: str | None = None,
+    ) -> None:
         self.store = store
         self.max_attempts = max_attempts
         self.soft_limit = soft_limit
+        self.worker = worker
 
     @classmethod
     def from_settings(cls) -> "JobFrame":
@@ -67,6 +79,7 @@ class JobFrame:
             ),
             max_attempts=settings.max_job_attempts,
             soft_limit=settings.celery.task_soft_time_limit,
+            worker=worker_identity(),
         )
 
     def start(self, deliveries: Mapping[uuid.UUID, int]) -> dict[uuid.UUID, Row]:
@@ -77,7 +90,8 @@ class JobFrame:
         only deliveries beyond the retries count against the attempt limit.
         """
         rows = self.store.start_many(
-            {job_id: self.max_attempts + retries for job_id, retries in deliveries.items()}
+            {job_id: self.max_attempts + retries for job_id, retries in deliveries.items()},
+            worker=self.worker,
         )
         return self._log_skipped(deliveries, rows, started=True)
 
@@ -90,7 +104,7 @@ class JobFrame:
     ) -> dict[uuid.UUID, Row]:
         """A later step: the rows of the jobs still running (``JobStore.resume_many``)."""
         job_ids = list(job_ids)
-        rows = self.store.resume_many(job_ids, done=done, steps_left=steps_left)
+        rows = self.store.resume_many(job_ids, done=done, steps_left=steps_left, worker=self.worker)
         return self._log_skipped(job_ids, rows, started=False)
 
     @staticmethod
@@ -131,6 +145,12 @@ class JobFrame:
         except Exception as exc:
             log.exception("job failed")
             self.fail(job_ids, JobErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+
+    def release(self, job_ids: Iterable[uuid.UUID]) -> None:
+        """Leave jobs whose next message could not be published to the recovery sweep."""
+        for job_id in self.store.release_many(job_ids):
+            with log_context(job_id=str(job_id)):
+                log.warning("job could not be queued again; left for recovery")
 
     def fail(self, job_ids: Iterable[uuid.UUID], code: JobErrorCode, message: str) -> None:
         for job_id in self.store.fail_many(job_ids, code, message):

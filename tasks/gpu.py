@@ -52,6 +52,16 @@ def _give_up(deliveries: Sequence[Delivery]) -> None:
     )
 
 
+def _release(job_ids: set[uuid.UUID]) -> None:
+    """Jobs whose message could not be put back (the broker is down): the recovery
+    sweep publishes them again once it is back."""
+    try:
+        JobFrame.from_settings().release(job_ids)
+    except Exception:
+        # Still running on this live worker: the sweep's stale check finds them.
+        log.critical("could not release jobs for recovery", exc_info=True)
+
+
 def gpu_batch_task(name: TaskName, *, flush_every: int) -> Callable[[BatchWork], Task]:
     """A batched task of the gpu pool, whose messages work for jobs."""
     return batch_task(
@@ -59,6 +69,7 @@ def gpu_batch_task(name: TaskName, *, flush_every: int) -> Callable[[BatchWork],
         flush_every=flush_every,
         flush_interval=get_settings().batch_flush_interval,
         on_give_up=_give_up,
+        on_unpublished=_release,
     )
 
 

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 @gpu_batch_task(TaskName.SUMMARIZE, flush_every=get_settings().summary_batch_size)
-def summarize(task: Task, deliveries: Sequence[Delivery]) -> set[str]:
+def summarize(task: Task, deliveries: Sequence[Delivery]) -> Batch:
     """Summarise the text of every job, texts of the same method and lengths together."""
     settings = get_settings()
     frame = JobFrame.from_settings()
@@ -82,4 +82,4 @@ def summarize(task: Task, deliveries: Sequence[Delivery]) -> set[str]:
             for job_id, (pipeline, _) in made.items():
                 step = TaskName.EMBED if pipeline.embed else TaskName.STORE_CONVERSATION
                 batch.send_next(step, [job_id])
-    return batch.requeued
+    return batch

@@ -22,6 +22,7 @@ HANG = "__hang_in_native_code__"
 SLOW = "__slow_to_store__"
 SLOW_PASS = "__slow_forward_pass__"
 STALL_AFTER_UPSERT = "__stall_after_upsert__"
+SLOW_AFTER_UPSERT = "__slow_after_upsert__"
 
 
 def _hang() -> None:
@@ -61,6 +62,9 @@ def _upsert_then_stall(self, records):
     if any(STALL_AFTER_UPSERT in record.text for record in records):
         print("fault: stalled after upsert", flush=True)
         time.sleep(600)
+    if any(SLOW_AFTER_UPSERT in record.text for record in records):
+        print("fault: slow after upsert", flush=True)
+        time.sleep(8)
     return written
 
 

@@ -86,8 +86,10 @@ class WorkerProcess:
         pool: str,
         concurrency: int = 1,
         extra_args: tuple[str, ...] = (),
+        hostname: str | None = None,
     ) -> None:
-        self.hostname = f"{queue}-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+        # The same hostname as a killed worker's: a new incarnation under the old name.
+        self.hostname = hostname or f"{queue}-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
         self.queue = queue
         self.log_path = log_dir / f"{self.hostname.split('@')[0]}.log"
         self.command = [
@@ -109,12 +111,20 @@ class WorkerProcess:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self, timeout: float = 90) -> "WorkerProcess":
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> "WorkerProcess":
+        """Start the process without waiting for it (``wait_ready``)."""
         log = self.log_path.open("ab")
+        # Readiness is read past what an earlier run under this hostname logged.
+        self._log_offset = log.tell()
         self.process = subprocess.Popen(
             self.command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-        self._log_offset = 0
+        return self
+
+    def wait_ready(self, timeout: float = 90) -> "WorkerProcess":
         wait_for(self._ready, timeout, f"worker {self.hostname} to be ready", interval=0.2)
         return self
 
@@ -124,7 +134,8 @@ class WorkerProcess:
             raise AssertionError(
                 f"worker exited with {self.process.returncode}:\n{self.log_tail()}"
             )
-        return f"{self.hostname} ready." in self.log()
+        since_start = self.log_path.read_bytes()[self._log_offset :]
+        return f"{self.hostname} ready.".encode() in since_start
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -7,6 +7,7 @@ from kombu import Queue as KombuQueue
 
 from config import Settings
 from worker.queues import Queue, task_routes
+from worker.schedule import beat_schedule
 
 
 def init_celery(flask_app: Flask, settings: Settings) -> Celery:
@@ -29,6 +30,7 @@ def init_celery(flask_app: Flask, settings: Settings) -> Celery:
         task_default_queue=Queue.CPU.value,
         task_routes=task_routes(),
         task_create_missing_queues=False,
+        beat_schedule=beat_schedule(settings),
     )
     celery.set_default()
     flask_app.extensions["celery"] = celery

@@ -22,7 +22,7 @@ from prometheus_client import start_http_server
 
 from config import get_settings, metrics
 from worker.broker import broker_client
-from worker.presence import Heartbeat
+from worker.presence import Heartbeat, claim_identity, worker_identity
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,30 @@ def _on_task_end(task_id: str, task: Any, **_: Any) -> None:
     started = _task_started.pop(task_id, None)
     if started is not None:
         metrics.TASK_SECONDS.labels(task=task.name).observe(perf_counter() - started)
+
+
+@worker_init.connect
+def _claim_identity(sender: Any, **_: Any) -> None:
+    # In the main process, before the pool forks: its processes share the identity.
+    log.info("worker identity", extra={"worker": claim_identity(sender.hostname)})
+
+
+def _held_by(consumer: Any) -> Any:
+    """The delivery tags of the messages the consumer has reserved and not yet acked."""
+
+    def held() -> list[str]:
+        task_consumer = getattr(consumer, "task_consumer", None)
+        qos = getattr(getattr(task_consumer, "channel", None), "qos", None)
+        if qos is None:
+            return []
+        for _attempt in range(3):  # the consumer's thread may change it meanwhile
+            try:
+                return [tag for tag in list(qos._delivered) if tag not in qos._dirty]
+            except RuntimeError:
+                continue
+        return []
+
+    return held
 
 
 @worker_init.connect
@@ -77,7 +101,11 @@ def _on_ready(sender: Any, **_: Any) -> None:
     _serve_metrics(settings.worker_metrics_host, settings.worker_metrics_port)
     pools = sorted(sender.app.amqp.queues.consume_from)
     _heartbeat = Heartbeat(
-        broker_client(settings.redis_url), pools, sender.hostname, settings.worker_heartbeat_seconds
+        broker_client(settings.redis_url),
+        pools,
+        worker_identity() or claim_identity(sender.hostname),
+        settings.worker_heartbeat_seconds,
+        held=_held_by(sender),
     ).start()
 
 

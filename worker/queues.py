@@ -22,6 +22,8 @@ class TaskName(StrEnum):
     PERSIST_CONVERSATION = "tasks.conversation.persist"
     STORE_CONVERSATION = "tasks.conversation.store"
     DELIVER_WEBHOOK = "tasks.webhooks.deliver"
+    # cpu, periodic (worker/schedule.py)
+    RECOVER_JOBS = "tasks.recovery.recover_jobs"
 
 
 TASK_QUEUES: dict[TaskName, Queue] = {
@@ -31,6 +33,7 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.PERSIST_CONVERSATION: Queue.CPU,
     TaskName.STORE_CONVERSATION: Queue.CPU,
     TaskName.DELIVER_WEBHOOK: Queue.CPU,
+    TaskName.RECOVER_JOBS: Queue.CPU,
 }
 
 

@@ -1,0 +1,27 @@
+"""Celery beat's schedule: the one place periodic tasks are declared.
+
+Run it with ``celery --app worker.celery_app:celery_app beat --schedule FILE``
+(one beat process per deployment). Every entry expires before its next run,
+so runs that wait behind a backlog, or while no worker consumes, never pile up;
+and it runs ahead of the jobs on its queue (priority 0, jobs run at 6).
+"""
+
+from typing import Any
+
+from config import Settings
+from worker.queues import TaskName
+
+# Redis serves priority 0 first.
+SCHEDULED_PRIORITY = 0
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Celery's ``beat_schedule`` for these settings."""
+    every = settings.recovery_interval_seconds
+    return {
+        "recover-jobs": {
+            "task": TaskName.RECOVER_JOBS.value,
+            "schedule": every,
+            "options": {"expires": every * 0.9, "priority": SCHEDULED_PRIORITY},
+        },
+    }
