@@ -257,6 +257,7 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [host.strip().lower() for host in value.split(",") if host.strip()]
         return value
+
     # Recovery from the job rows (services/recovery.py), run by Celery beat every
     # recovery_interval_seconds. A job whose worker stopped beating (3 missed
     # heartbeats: 15 s) is published again at the next run, so at these defaults

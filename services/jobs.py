@@ -528,7 +528,9 @@ class JobStore:
                     "statuses": [str(statuses[row.id]) for row in seen],
                 },
             ).all()
-        return {row.id for row in rows}
+        taken = {row.id for row in rows}
+        self._changed(list(taken))
+        return taken
 
     # -- caller-side ------------------------------------------------------
 

@@ -8,6 +8,7 @@ from celery import Task, shared_task
 
 from config import get_settings
 from services.jobs import JobStore
+from services.notify import changed_notifier
 from services.recovery import recover
 from worker.queues import TASK_QUEUES, TaskName
 
@@ -31,7 +32,8 @@ def _client(url: str) -> redis.Redis:
 def recover_jobs(task: Task) -> None:
     """Publish again the jobs a dead worker held and those whose message was lost."""
     settings = get_settings()
-    done = recover(JobStore(settings.database_url), task.app, _client(settings.redis_url), settings)
+    store = JobStore(settings.database_url, changed=changed_notifier(settings.redis_url))
+    done = recover(store, task.app, _client(settings.redis_url), settings)
     if done.put_back or done.republished:
         log.warning(
             "jobs recovered",
