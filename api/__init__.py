@@ -9,6 +9,7 @@ from api.embeddings import embeddings_api
 from api.errors import ErrorResponse, register_error_handlers, validation_error_response
 from api.health import health_api
 from api.jobs import jobs_api
+from api.limits import init_rate_limits
 from api.metrics import init_metrics, metrics_api
 from api.queues import queues_api
 from api.search import search_api
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     )
     init_celery(app, settings)
     register_error_handlers(app)
+    init_rate_limits(app, settings)
     init_metrics(app)
     app.register_api(jobs_api)
     app.register_api(conversations_api)

@@ -188,7 +188,7 @@ def test_long_poll_is_woken_when_the_job_ends(idle_client, headers):
     poller = threading.Thread(target=poll)
     poller.start()
     time.sleep(1)
-    assert idle_client.delete(f"/v1/jobs/{job['id']}", headers=headers).status_code == 200
+    assert idle_client.post(f"/v1/jobs/{job['id']}/cancel", headers=headers).status_code == 200
     poller.join(35)
     (response, elapsed) = answers[0]
     assert response.status_code == 200
