@@ -72,14 +72,18 @@ _METADATA_SCHEMA = {
     "type": "object",
     "maxProperties": 32,
     "propertyNames": {"maxLength": 64, "pattern": _NO_NUL},
-    "additionalProperties": {
-        "anyOf": [
-            {"type": "string", "maxLength": 1024, "pattern": _NO_NUL},
-            {"type": "number"},
-            {"type": "boolean"},
-            {"type": "null"},
-        ]
+    # Keys said twice: generators that skip propertyNames still read this.
+    "patternProperties": {
+        "^[^\\u0000]{0,64}$": {
+            "anyOf": [
+                {"type": "string", "maxLength": 1024, "pattern": _NO_NUL},
+                {"type": "number"},
+                {"type": "boolean"},
+                {"type": "null"},
+            ]
+        }
     },
+    "additionalProperties": False,
     "description": "Kept with the job: up to 32 keys of at most 64 characters, each a string of "
     "at most 1,024 characters, a number, a boolean or null.",
 }
