@@ -222,7 +222,7 @@ class Settings(BaseSettings):
     idempotency_key_seconds: PositiveInt = 24 * 3600
     # Requests per tenant to /v1 (limits' notation: "20/second;600/minute"), on
     # Redis; rate_limit_tenants overrides it by tenant name ({"acme": "5/second"}).
-    rate_limit: str = "200/second"
+    rate_limit: str = "1000/second"
     rate_limit_enabled: bool = True
     rate_limit_tenants: dict[str, str] = {}
 
