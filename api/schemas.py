@@ -401,6 +401,14 @@ _ACCEPTED_HEADERS = {
     **_SUBMIT_HEADERS,
     "Location": {"description": "The job's URL, to poll.", "schema": _STRING},
 }
+# What a client does next with a job it submitted: OpenAPI links (schemathesis follows them).
+_JOB_PATH = "#/paths/~1v1~1jobs~1{job_id}"
+_JOB_ID = {"job_id": "$response.body#/id"}
+_JOB_LINKS = {
+    "GetJob": {"operationRef": f"{_JOB_PATH}/get", "parameters": _JOB_ID},
+    "CancelJob": {"operationRef": f"{_JOB_PATH}~1cancel/post", "parameters": _JOB_ID},
+    "DeleteJob": {"operationRef": f"{_JOB_PATH}/delete", "parameters": _JOB_ID},
+}
 _FINISHED = (
     "The job ended within the `Prefer: wait` asked for, or an earlier request with the same "
     "`Idempotency-Key` made it (its state now)."
@@ -409,12 +417,14 @@ _ACCEPTED = "The job is queued (or still running at the end of `Prefer: wait`)."
 
 
 class FinishedJobOut(JobOut):
-    model_config = ConfigDict(openapi_extra={"description": _FINISHED, "headers": _SUBMIT_HEADERS})
+    model_config = ConfigDict(
+        openapi_extra={"description": _FINISHED, "headers": _SUBMIT_HEADERS, "links": _JOB_LINKS}
+    )
 
 
 class AcceptedJobOut(JobOut):
     model_config = ConfigDict(
-        openapi_extra={"description": _ACCEPTED, "headers": _ACCEPTED_HEADERS}
+        openapi_extra={"description": _ACCEPTED, "headers": _ACCEPTED_HEADERS, "links": _JOB_LINKS}
     )
 
 

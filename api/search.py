@@ -31,6 +31,7 @@ search_api.before_request(require_json_body)
     responses={
         200: SearchOut,
         400: ErrorResponse,
+        413: ErrorResponse,
         415: ErrorResponse,
         503: ErrorResponse,
         504: ErrorResponse,
