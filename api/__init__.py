@@ -10,6 +10,7 @@ from api.errors import ErrorResponse, register_error_handlers, validation_error_
 from api.events import events_api
 from api.health import health_api
 from api.jobs import jobs_api
+from api.limits import init_rate_limits
 from api.metrics import init_metrics, metrics_api
 from api.queues import queues_api
 from api.search import search_api
@@ -26,11 +27,30 @@ __version__ = "0.1.0"
 BEARER_SCHEME = {"type": "http", "scheme": "bearer", "description": "An API key from `create-key`."}
 
 
+class ConvoqOpenAPI(OpenAPI):
+    def generate_spec_json(self) -> None:
+        """flask-openapi3 adds a 422 to every operation that lacks one, as a list of
+        errors: ours is one error object, answered only where something is validated."""
+        super().generate_spec_json()
+        added = {"type": "array"}
+        error = {"$ref": "#/components/schemas/ErrorResponse"}
+        for path_item in self.spec_json["paths"].values():
+            for operation in path_item.values():
+                response = operation["responses"].get("422", {})
+                schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+                if schema.get("type") != added["type"]:
+                    continue
+                if operation.get("parameters") or operation.get("requestBody"):
+                    response["content"]["application/json"]["schema"] = error
+                else:
+                    del operation["responses"]["422"]
+
+
 def create_app(settings: Settings | None = None) -> OpenAPI:
     """Build the Flask app (and its Celery app) from ``settings`` or the environment."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
-    app = OpenAPI(
+    app = ConvoqOpenAPI(
         __name__,
         info=Info(
             title="convoq",
@@ -56,6 +76,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         deliver=WebhookSender(app.extensions["celery"]),
     )
     register_error_handlers(app)
+    init_rate_limits(app, settings)
     init_metrics(app)
     app.register_api(jobs_api)
     app.register_api(events_api)

@@ -30,21 +30,32 @@ def _principal_for(key: str) -> Principal | None:
     return principal
 
 
-def require_api_key() -> None:
-    """``before_request`` hook: resolve the caller's tenant or answer 401."""
+def _bearer_key() -> str | None:
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")
     key = key.strip()
-    if scheme.lower() != "bearer" or not key:
+    return key if scheme.lower() == "bearer" and key else None
+
+
+def request_principal() -> Principal | None:
+    """The caller's principal, once per request (the rate limiter asks first)."""
+    if "principal" not in g:
+        key = _bearer_key()
+        g.principal = _principal_for(key) if key is not None and len(key) <= 256 else None
+    return g.principal
+
+
+def require_api_key() -> None:
+    """``before_request`` hook: resolve the caller's tenant or answer 401."""
+    if _bearer_key() is None:
         raise ApiError(
             401,
             "unauthorized",
             "send your API key as 'Authorization: Bearer <key>'",
             headers=_CHALLENGE,
         )
-    principal = _principal_for(key) if len(key) <= 256 else None
+    principal = request_principal()
     if principal is None:
         raise ApiError(401, "unauthorized", "the API key is not valid", headers=_CHALLENGE)
-    g.principal = principal
     bind_tenant(principal.tenant_name)
 
 

@@ -24,7 +24,7 @@ conversations_api = APIBlueprint(
     url_prefix="/v1/conversations",
     abp_tags=[Tag(name="conversations", description="Stored conversations and summaries.")],
     abp_security=[{"bearer": []}],
-    abp_responses={401: ErrorResponse, 422: ErrorResponse},
+    abp_responses={401: ErrorResponse, 422: ErrorResponse, 429: ErrorResponse},
 )
 conversations_api.before_request(require_api_key)
 

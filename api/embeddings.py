@@ -51,7 +51,7 @@ embeddings_api = APIBlueprint(
         )
     ],
     abp_security=[{"bearer": []}],
-    abp_responses={401: OpenAIErrorResponse, 422: OpenAIErrorResponse},
+    abp_responses={401: OpenAIErrorResponse, 422: OpenAIErrorResponse, 429: OpenAIErrorResponse},
 )
 embeddings_api.before_request(require_api_key)
 embeddings_api.before_request(require_json_body)

@@ -1,4 +1,4 @@
-"""``/v1/jobs``: submit, read, list and cancel jobs."""
+"""``/v1/jobs``: submit, read, list, cancel and delete jobs."""
 
 import logging
 import uuid
@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
-from flask import Response, current_app, jsonify, url_for
+from flask import Response, current_app, jsonify, request, url_for
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel
 from sqlalchemy import Row
@@ -32,7 +32,7 @@ from api.schemas import (
     JobPath,
     JobQuery,
     JobSummaryOut,
-    PreferHeader,
+    SubmitHeader,
     SummarizeBatchItem,
     SummarizeJobIn,
     SummaryLengths,
@@ -42,6 +42,7 @@ from config import Settings
 from models import JobType
 from services.conversations import ConversationStore
 from services.dispatch import conversation_steps, publish_jobs
+from services.idempotency import IdempotencyKey, KeyReused, fingerprint
 from services.jobs import (
     InvalidCursor,
     JobAlreadyFinished,
@@ -49,7 +50,6 @@ from services.jobs import (
     JobStore,
     NewJob,
     PublishFailed,
-    parse_job_id,
 )
 from services.methods import T5NotConfigured, choose_method
 from services.vectors import EncodingFormat
@@ -63,7 +63,7 @@ jobs_api = APIBlueprint(
     url_prefix="/v1/jobs",
     abp_tags=[Tag(name="jobs", description="Submit jobs and poll for their results.")],
     abp_security=[{"bearer": []}],
-    abp_responses={401: ErrorResponse, 422: ErrorResponse},
+    abp_responses={401: ErrorResponse, 422: ErrorResponse, 429: ErrorResponse},
 )
 jobs_api.before_request(require_api_key)
 jobs_api.before_request(require_json_body)
@@ -86,9 +86,42 @@ def _json(model: BaseModel, status: int, headers: dict[str, str]) -> tuple[Respo
     return jsonify(model.model_dump(mode="json")), status, headers
 
 
-def _submit(new_jobs: list[NewJob], wait: int | None) -> list[Row]:
+def _idempotency(header: SubmitHeader) -> IdempotencyKey | None:
+    if header.idempotency_key is None:
+        return None
+    return IdempotencyKey(
+        key=header.idempotency_key,
+        fingerprint=fingerprint(request.path, request.get_json()),
+        seconds=_settings().idempotency_key_seconds,
+    )
+
+
+def _replayed(exc: KeyReused) -> list[Row]:
+    """The jobs a reused Idempotency-Key made, for the same request; 409 otherwise."""
+    if not exc.same_request:
+        raise ApiError(
+            409,
+            "idempotency_key_reused",
+            f"Idempotency-Key {exc.key!r} was used with another request; use a new key",
+            details=[{"field": "Idempotency-Key", "key": exc.key}],
+        ) from exc
+    jobs = _store().get_many(current_principal().tenant_id, exc.job_ids, vectors=True)
+    if not jobs:
+        raise ApiError(
+            409,
+            "idempotency_key_reused",
+            f"the jobs made with Idempotency-Key {exc.key!r} were deleted; use a new key",
+            details=[{"field": "Idempotency-Key", "key": exc.key}],
+        ) from exc
+    return jobs
+
+
+def _submit(
+    new_jobs: list[NewJob], wait: int | None, idempotency: IdempotencyKey | None = None
+) -> tuple[list[Row], bool]:
     """Write the jobs in one transaction and publish them in one round trip; with
-    ``wait``, their rows once all have ended or ``wait`` seconds have passed."""
+    ``wait``, their rows once all have ended or ``wait`` seconds have passed. True
+    with the jobs an earlier request with the same Idempotency-Key made instead."""
     celery: Celery = current_app.extensions["celery"]
     tenant_id = current_principal().tenant_id
     watch: JobWatch | None = None
@@ -101,7 +134,12 @@ def _submit(new_jobs: list[NewJob], wait: int | None) -> list[Row]:
         publish_jobs(celery, jobs)
 
     try:
-        jobs = _store().submit_many(tenant_id, new_jobs, publish=publish)
+        try:
+            jobs = _store().submit_many(
+                tenant_id, new_jobs, publish=publish, idempotency=idempotency
+            )
+        except KeyReused as exc:
+            return _replayed(exc), True
         log.info(
             "jobs queued" if len(jobs) > 1 else "job queued",
             extra={
@@ -127,25 +165,27 @@ def _submit(new_jobs: list[NewJob], wait: int | None) -> list[Row]:
     finally:
         if watch is not None:
             watch.close()
-    return jobs
+    return jobs, False
 
 
-def _wait_of(header: PreferHeader) -> int | None:
+def _wait_of(header: SubmitHeader) -> int | None:
     return preferred_wait([header.prefer] if header.prefer else [])
 
 
-def _submit_headers(wait: int | None) -> dict[str, str]:
+def _submit_headers(wait: int | None, replayed: bool = False) -> dict[str, str]:
     headers = {"Vary": "Prefer"}
     if wait is not None:
         headers["Preference-Applied"] = f"wait={wait}"
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
     return headers
 
 
-def _submit_one(new_job: NewJob, header: PreferHeader) -> tuple[Response, int, dict]:
+def _submit_one(new_job: NewJob, header: SubmitHeader) -> tuple[Response, int, dict]:
     wait = _wait_of(header)
-    (job,) = _submit([new_job], wait)
-    headers = _submit_headers(wait)
-    if is_final(job):
+    (job,), replayed = _submit([new_job], wait, _idempotency(header))
+    headers = _submit_headers(wait, replayed)
+    if replayed or is_final(job):
         return _json(_job_out(job), 200, headers)
     headers["Location"] = url_for("jobs.get_job", job_id=str(job.id))
     return _json(_job_out(job), 202, headers)
@@ -155,8 +195,10 @@ SUBMIT_RESPONSES = {
     200: FinishedJobOut,
     202: AcceptedJobOut,
     400: ErrorResponse,
+    409: ErrorResponse,
     413: ErrorResponse,
     415: ErrorResponse,
+    429: ErrorResponse,
     503: ErrorResponse,
 }
 
@@ -216,13 +258,13 @@ def _conversation_job(body: ConversationJobIn, field_prefix: str = "") -> NewJob
 
 
 @jobs_api.post("/embed", summary="Submit an embedding job", responses=SUBMIT_RESPONSES)
-def submit_embed(body: EmbedJobIn, header: PreferHeader) -> tuple[Response, int, dict]:
+def submit_embed(body: EmbedJobIn, header: SubmitHeader) -> tuple[Response, int, dict]:
     """Embed up to the configured number of texts with all-MiniLM-L6-v2 (384 dimensions)."""
     return _submit_one(_embed_job(body), header)
 
 
 @jobs_api.post("/summarize", summary="Submit a summarization job", responses=SUBMIT_RESPONSES)
-def submit_summarize(body: SummarizeJobIn, header: PreferHeader) -> tuple[Response, int, dict]:
+def submit_summarize(body: SummarizeJobIn, header: SubmitHeader) -> tuple[Response, int, dict]:
     """Summarise a text with T5 or extractively. Lengths are in tokens."""
     return _submit_one(_summarize_job(body), header)
 
@@ -230,10 +272,10 @@ def submit_summarize(body: SummarizeJobIn, header: PreferHeader) -> tuple[Respon
 @jobs_api.post(
     "/conversation",
     summary="Submit a conversation job",
-    responses={**SUBMIT_RESPONSES, 409: ErrorResponse},
+    responses=SUBMIT_RESPONSES,
 )
 def submit_conversation(
-    body: ConversationJobIn, header: PreferHeader
+    body: ConversationJobIn, header: SubmitHeader
 ) -> tuple[Response, int, dict]:
     """Store the messages (appended to the conversation), summarise the whole
     conversation, and embed and index the new messages and the summary."""
@@ -290,7 +332,7 @@ def _ownership_errors(items: Sequence[tuple[int, ConversationJobIn]]) -> list[di
     summary="Submit jobs of any type in one request",
     responses={**SUBMIT_RESPONSES, 200: FinishedBatchOut, 202: AcceptedBatchOut},
 )
-def submit_batch(body: BatchJobsIn, header: PreferHeader) -> tuple[Response, int, dict]:
+def submit_batch(body: BatchJobsIn, header: SubmitHeader) -> tuple[Response, int, dict]:
     """Up to 100 jobs, each the body of `POST /v1/jobs/<type>` with its `type`. All are
     checked before any is accepted (422 naming `jobs.<index>.<field>`), then written in
     one transaction and queued in one broker round trip. The jobs come back in order."""
@@ -312,17 +354,10 @@ def submit_batch(body: BatchJobsIn, header: PreferHeader) -> tuple[Response, int
             details=errors,
         )
     wait = _wait_of(header)
-    jobs = _submit(new_jobs, wait)
+    jobs, replayed = _submit(new_jobs, wait, _idempotency(header))
     all_final = all(is_final(job) for job in jobs)
     out = BatchJobsOut(jobs=[_job_out(job) for job in jobs])
-    return _json(out, 200 if all_final else 202, _submit_headers(wait))
-
-
-def _job_id(raw: str) -> uuid.UUID:
-    try:
-        return parse_job_id(raw)
-    except JobNotFound as exc:
-        raise ApiError(404, "job_not_found", f"no job with id {raw!r}") from exc
+    return _json(out, 200 if replayed or all_final else 202, _submit_headers(wait, replayed))
 
 
 def _find_job(job_id: uuid.UUID) -> Row:
@@ -332,11 +367,11 @@ def _find_job(job_id: uuid.UUID) -> Row:
         raise ApiError(404, "job_not_found", f"no job with id {str(job_id)!r}") from exc
 
 
-@jobs_api.get("/<job_id>", summary="Get a job", responses={200: JobOut, 404: ErrorResponse})
+@jobs_api.get("/<uuid:job_id>", summary="Get a job", responses={200: JobOut, 404: ErrorResponse})
 def get_job(path: JobPath, query: JobQuery) -> tuple[Response, int, dict]:
     """The job's status, progress and, once it has succeeded, its result. With `wait`,
     a long poll: the answer comes once the job has ended, or after `wait` seconds."""
-    job_id = _job_id(path.job_id)
+    job_id = path.job_id
     if query.wait is None:
         job = _find_job(job_id)
     else:
@@ -375,20 +410,19 @@ def list_jobs(query: JobListQuery) -> tuple[Response, int, dict]:
     return jsonify(body.model_dump(mode="json")), 200, {}
 
 
-@jobs_api.delete(
-    "/<job_id>",
+@jobs_api.post(
+    "/<uuid:job_id>/cancel",
     summary="Cancel a job",
     responses={200: JobOut, 404: ErrorResponse, 409: ErrorResponse},
 )
 def cancel_job(path: JobPath) -> tuple[Response, int, dict]:
-    """Cancel a queued or running job; 409 once it has finished."""
+    """Cancel a queued or running job: 200 with the job, now `canceled`. 409 once it has
+    ended (succeeded, failed or already canceled), with its status in `details`."""
     principal = current_principal()
     try:
-        job = _store().cancel(
-            principal.tenant_id, parse_job_id(path.job_id), actor=principal.key_prefix
-        )
+        job = _store().cancel(principal.tenant_id, path.job_id, actor=principal.key_prefix)
     except JobNotFound as exc:
-        raise ApiError(404, "job_not_found", f"no job with id {path.job_id!r}") from exc
+        raise ApiError(404, "job_not_found", f"no job with id {str(path.job_id)!r}") from exc
     except JobAlreadyFinished as exc:
         raise ApiError(
             409,
@@ -398,6 +432,25 @@ def cancel_job(path: JobPath) -> tuple[Response, int, dict]:
         ) from exc
     _revoke(str(job.id))
     return _json(_job_out(job), 200, {})
+
+
+@jobs_api.delete(
+    "/<uuid:job_id>",
+    summary="Delete a job",
+    responses={204: None, 404: ErrorResponse},
+)
+def delete_job(path: JobPath) -> tuple[str, int]:
+    """Delete the job and its result, canceling it first if it is queued or running.
+    A later `GET` answers 404. What a job stored in conversations and in the search
+    index stays: erase it with `DELETE /v1/conversations/<id>` or `/v1/users/<id>`."""
+    principal = current_principal()
+    try:
+        was_active = _store().delete(principal.tenant_id, path.job_id, actor=principal.key_prefix)
+    except JobNotFound as exc:
+        raise ApiError(404, "job_not_found", f"no job with id {str(path.job_id)!r}") from exc
+    if was_active:
+        _revoke(str(path.job_id))
+    return "", 204
 
 
 def _revoke(task_id: str) -> None:

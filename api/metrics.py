@@ -62,7 +62,16 @@ class PoolCollector:
         yield from (depth, workers, replicas)
 
 
-@metrics_api.get("/metrics", summary="Prometheus metrics")
+@metrics_api.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    responses={
+        200: {
+            "description": "The Prometheus text exposition format (version 0.0.4).",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 def metrics() -> Response:
     """Prometheus text exposition: HTTP, jobs, and each pool's queue depth."""
     body, content_type = exposition([PoolCollector(current_app.extensions["convoq.settings"])])

@@ -20,7 +20,7 @@ queues_api = APIBlueprint(
     url_prefix="/v1/queues",
     abp_tags=[Tag(name="queues", description="Queue depth and scaling.")],
     abp_security=[{"bearer": []}],
-    abp_responses={401: ErrorResponse},
+    abp_responses={401: ErrorResponse, 429: ErrorResponse},
 )
 queues_api.before_request(require_api_key)
 

@@ -6,12 +6,14 @@ documented limits are the enforced ones.
 
 import copy
 import functools
+import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -41,8 +43,21 @@ def _storable(value: str) -> str:
     return value
 
 
-CleanStr = Annotated[str, AfterValidator(_storable)]
-MetadataKey = Annotated[CleanStr, StringConstraints(min_length=1, max_length=64)]
+def _whole_float_as_int(value: Any) -> Any:
+    """JSON Schema's integers include 98.0: such a float is read as its integer."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer in a JSON body (strict otherwise: "98" and true stay errors).
+WholeNumber = Annotated[int, BeforeValidator(_whole_float_as_int)]
+
+# The refused characters, in the schema: no NUL anywhere.
+_NO_NUL = "^[^\\u0000]*$"
+_NOT_BLANK = "^[^\\u0000]*\\S[^\\u0000]*$"
+CleanStr = Annotated[str, AfterValidator(_storable), Field(json_schema_extra={"pattern": _NO_NUL})]
+MetadataKey = Annotated[CleanStr, StringConstraints(max_length=64)]
 MetadataValue = Annotated[CleanStr, StringConstraints(max_length=1024)] | int | float | bool | None
 Text = Annotated[CleanStr, StringConstraints(min_length=1, max_length=_limits.max_text_chars)]
 
@@ -53,7 +68,29 @@ def _not_blank(value: str) -> str:
     return value
 
 
-Content = Annotated[Text, AfterValidator(_not_blank)]
+_METADATA_SCHEMA = {
+    "type": "object",
+    "maxProperties": 32,
+    "propertyNames": {"maxLength": 64, "pattern": _NO_NUL},
+    # Keys said twice: generators that skip propertyNames still read this.
+    "patternProperties": {
+        "^[^\\u0000]{0,64}$": {
+            "anyOf": [
+                {"type": "string", "maxLength": 1024, "pattern": _NO_NUL},
+                {"type": "number"},
+                {"type": "boolean"},
+                {"type": "null"},
+            ]
+        }
+    },
+    "additionalProperties": False,
+    "description": "Kept with the job: up to 32 keys of at most 64 characters, each a string of "
+    "at most 1,024 characters, a number, a boolean or null.",
+}
+
+Content = Annotated[
+    Text, AfterValidator(_not_blank), Field(json_schema_extra={"pattern": _NOT_BLANK})
+]
 # Ids the caller chooses (conversations, users): they appear in URLs and in
 # vector-store filters, so they are kept to a plain alphabet.
 IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,254}$"
@@ -94,7 +131,7 @@ class EmbedJobIn(StrictInput):
     conversation_id: Identifier | None = Field(
         None, description="With `store`: the conversation they belong to."
     )
-    metadata: dict[MetadataKey, MetadataValue] = Field(
+    metadata: Annotated[dict[MetadataKey, MetadataValue], WithJsonSchema(_METADATA_SCHEMA)] = Field(
         default_factory=dict, max_length=32, description="Kept with the job."
     )
     encoding_format: EncodingFormat = Field(
@@ -106,23 +143,39 @@ class EmbedJobIn(StrictInput):
     callback_url: CallbackUrl | None = Field(None, description=CALLBACK_URL_DESCRIPTION)
 
 
+# t5 is documented only where it can run: the API refuses it (422) when no T5 is configured.
+_METHODS_SERVED = (
+    ["auto", "t5", "extractive"]
+    if _limits.summarizer_model_path
+    else [
+        "auto",
+        "extractive",
+    ]
+)
+
+
 class SummaryLengths(StrictInput):
-    method: SummaryMethod = Field(
+    method: Annotated[
+        SummaryMethod, WithJsonSchema({"type": "string", "enum": _METHODS_SERVED})
+    ] = Field(
         "auto",
         description="`t5` (needs SUMMARIZER_MODEL_PATH), `extractive` (sentences ranked on "
         "MiniLM embeddings), or `auto`: t5 when configured, else extractive.",
     )
-    max_length: int = Field(
+    max_length: WholeNumber = Field(
         _limits.summary_max_length, ge=1, le=1024, description="Most tokens in the summary."
     )
-    min_length: int = Field(
-        _limits.summary_min_length, ge=0, le=1024, description="Fewest tokens in the summary."
+    min_length: WholeNumber = Field(
+        _limits.summary_min_length,
+        ge=0,
+        le=1024,
+        description="Fewest tokens in the summary; more than `max_length` counts as `max_length`.",
     )
 
     @model_validator(mode="after")
     def _min_within_max(self) -> Self:
-        if self.min_length > self.max_length:
-            raise ValueError("min_length must not exceed max_length")
+        # A bound between two fields is beyond JSON Schema: the document says it instead.
+        self.min_length = min(self.min_length, self.max_length)
         return self
 
 
@@ -132,6 +185,11 @@ class SummarizeJobIn(SummaryLengths):
 
 
 class MessageIn(StrictInput):
+    id: Identifier | None = Field(
+        None,
+        description="Your id for the message: a message whose id the conversation already "
+        "has (a retried post) is not stored again.",
+    )
     role: Literal["user", "assistant", "system"]
     content: Content
 
@@ -204,13 +262,30 @@ class PreferHeader(BaseModel):
         return copy.deepcopy(_header_schema(cls, *args, **kwargs))
 
 
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]{1,255}$"
+
+
+class SubmitHeader(PreferHeader):
+    idempotency_key: str | None = Field(
+        None,
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="1 to 255 printable ASCII characters, no spaces (a UUID, say). A retry "
+        "with the same key and the same body answers 200 with the job(s) the first request "
+        "made, instead of making them again; the same key with another body answers 409. "
+        "Keys are per tenant and kept for 24 hours (`IDEMPOTENCY_KEY_SECONDS`).",
+    )
+
+
 @functools.cache
 def _header_schema(model: type[BaseModel], *args: Any, **kwargs: Any) -> dict[str, Any]:
     return super(PreferHeader, model).model_json_schema(*args, **kwargs)
 
 
 class JobPath(BaseModel):
-    job_id: str = Field(description="The job's id (a UUID).")
+    job_id: uuid.UUID = Field(description="The job's id.")
 
 
 class JobQuery(BaseModel):
@@ -233,7 +308,12 @@ class JobListQuery(BaseModel):
 
     status: JobStatus | None = None
     type: JobType | None = None
-    cursor: str | None = Field(None, max_length=512, description="`next_cursor` of the last page.")
+    cursor: str | None = Field(
+        None,
+        max_length=512,
+        description="`next_cursor` of the last page. Opaque: one this API did not return "
+        "answers 422.",
+    )
     limit: int = Field(_limits.default_page_size, ge=1, le=_limits.max_page_size)
 
 
@@ -359,29 +439,48 @@ _SUBMIT_HEADERS = {
         "schema": _STRING,
     },
     "Vary": {"description": "`Prefer`: the answer depends on it.", "schema": _STRING},
+    "Idempotent-Replayed": {
+        "description": "`true` when the answer is the job(s) an earlier request with the "
+        "same `Idempotency-Key` made.",
+        "schema": _STRING,
+    },
 }
 _ACCEPTED_HEADERS = {
     **_SUBMIT_HEADERS,
     "Location": {"description": "The job's URL, to poll.", "schema": _STRING},
 }
-_FINISHED = "The job ended within the `Prefer: wait` asked for."
+# What a client does next with a job it submitted: OpenAPI links (schemathesis follows them).
+_JOB_PATH = "#/paths/~1v1~1jobs~1{job_id}"
+_JOB_ID = {"job_id": "$response.body#/id"}
+_JOB_LINKS = {
+    "GetJob": {"operationRef": f"{_JOB_PATH}/get", "parameters": _JOB_ID},
+    "CancelJob": {"operationRef": f"{_JOB_PATH}~1cancel/post", "parameters": _JOB_ID},
+    "DeleteJob": {"operationRef": f"{_JOB_PATH}/delete", "parameters": _JOB_ID},
+}
+_FINISHED = (
+    "The job ended within the `Prefer: wait` asked for, or an earlier request with the same "
+    "`Idempotency-Key` made it (its state now)."
+)
 _ACCEPTED = "The job is queued (or still running at the end of `Prefer: wait`)."
 
 
 class FinishedJobOut(JobOut):
-    model_config = ConfigDict(openapi_extra={"description": _FINISHED, "headers": _SUBMIT_HEADERS})
+    model_config = ConfigDict(
+        openapi_extra={"description": _FINISHED, "headers": _SUBMIT_HEADERS, "links": _JOB_LINKS}
+    )
 
 
 class AcceptedJobOut(JobOut):
     model_config = ConfigDict(
-        openapi_extra={"description": _ACCEPTED, "headers": _ACCEPTED_HEADERS}
+        openapi_extra={"description": _ACCEPTED, "headers": _ACCEPTED_HEADERS, "links": _JOB_LINKS}
     )
 
 
 class FinishedBatchOut(BatchJobsOut):
     model_config = ConfigDict(
         openapi_extra={
-            "description": "Every job ended within the `Prefer: wait` asked for.",
+            "description": "Every job ended within the `Prefer: wait` asked for, or an earlier "
+            "request with the same `Idempotency-Key` made them (their state now).",
             "headers": _SUBMIT_HEADERS,
         }
     )
@@ -456,7 +555,7 @@ class SearchFilter(StrictInput):
 
 class SearchIn(StrictInput):
     query: Content
-    top_k: int = Field(10, ge=1, le=_limits.max_top_k)
+    top_k: WholeNumber = Field(10, ge=1, le=_limits.max_top_k)
     filter: SearchFilter = Field(default_factory=SearchFilter)
 
 
@@ -547,7 +646,17 @@ class EmbeddingsIn(StrictInput):
         "float",
         description="`float` lists, or `base64` of each vector's little-endian float32 bytes.",
     )
-    dimensions: int | None = Field(
+    dimensions: Annotated[
+        WholeNumber | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "integer", "enum": [_limits.embedding_dimensions]},
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = Field(
         None,
         description=f"Accepted only as {_limits.embedding_dimensions}, the model's width: "
         "the vectors are not shortened.",

@@ -19,7 +19,7 @@ search_api = APIBlueprint(
     url_prefix="/v1/search",
     abp_tags=[Tag(name="search", description="Find stored messages, summaries and texts.")],
     abp_security=[{"bearer": []}],
-    abp_responses={401: ErrorResponse, 422: ErrorResponse},
+    abp_responses={401: ErrorResponse, 422: ErrorResponse, 429: ErrorResponse},
 )
 search_api.before_request(require_api_key)
 search_api.before_request(require_json_body)
@@ -31,6 +31,7 @@ search_api.before_request(require_json_body)
     responses={
         200: SearchOut,
         400: ErrorResponse,
+        413: ErrorResponse,
         415: ErrorResponse,
         503: ErrorResponse,
         504: ErrorResponse,

@@ -49,6 +49,9 @@ timeout = 30
 # poll again (the job is not lost).
 graceful_timeout = 10
 accesslog = None
+# gunicorn's most (the default is 4094): a list query with every filter and a
+# long cursor fits, and what is wrong in it gets the API's own 422.
+limit_request_line = 8190
 # gunicorn 27's control socket lives at one path per user (~/.gunicorn): every
 # gunicorn of the machine would share it. Nothing here uses it.
 control_socket_disable = True

@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from limits import parse_many
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -217,6 +218,14 @@ class Settings(BaseSettings):
     max_page_size: PositiveInt = 100
     default_page_size: PositiveInt = 20
 
+    # An Idempotency-Key gives back what it created for this long; then it may be reused.
+    idempotency_key_seconds: PositiveInt = 24 * 3600
+    # Requests per tenant to /v1 (limits' notation: "20/second;600/minute"), on
+    # Redis; rate_limit_tenants overrides it by tenant name ({"acme": "5/second"}).
+    rate_limit: str = "1000/second"
+    rate_limit_enabled: bool = True
+    rate_limit_tenants: dict[str, str] = {}
+
     # A job delivered this many times (each delivery is one attempt) fails
     # instead of running again: it keeps killing its worker.
     max_job_attempts: PositiveInt = 3
@@ -285,6 +294,15 @@ class Settings(BaseSettings):
                 "recovery_stale_after_seconds must exceed celery.task_time_limit, or a "
                 "running task's job is published a second time"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _rate_limits_readable(self) -> "Settings":
+        for limit in [self.rate_limit, *self.rate_limit_tenants.values()]:
+            try:
+                parse_many(limit)
+            except ValueError as exc:
+                raise ValueError(f"rate limit {limit!r}: {exc}") from exc
         return self
 
 

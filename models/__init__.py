@@ -3,6 +3,7 @@
 from models.audit import AuditLog
 from models.base import Base
 from models.conversation import Conversation, Message, Summary
+from models.idempotency import IdempotencyKey
 from models.job import (
     ACTIVE_STATUSES,
     FINISHED_STATUSES,
@@ -20,6 +21,7 @@ __all__ = [
     "AuditLog",
     "Base",
     "Conversation",
+    "IdempotencyKey",
     "Job",
     "JobErrorCode",
     "JobStatus",

@@ -3,7 +3,7 @@
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, created_at_column
@@ -39,6 +39,14 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("conversation_id", "seq"),
         Index("ix_messages_job_id", "job_id"),
+        # A message the client gave an id is stored once per conversation.
+        Index(
+            "uq_messages_conversation_client_id",
+            "conversation_id",
+            "client_id",
+            unique=True,
+            postgresql_where=text("client_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -51,6 +59,8 @@ class Message(Base):
     # The job that posted the message: a redelivered job finds its messages
     # already stored instead of appending them twice.
     job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    # The message's ``id`` as the client sent it: a retried post stores it once.
+    client_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = created_at_column()
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")

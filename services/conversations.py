@@ -20,7 +20,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from models import Conversation, Job, JobStatus, Message, Summary
@@ -111,8 +111,14 @@ class ConversationStore:
                     Message.conversation_id == conversation_pk
                 )
             )
+            messages = self._new_messages(session, conversation_pk, params["messages"])
+            if not messages:
+                return last + 1, last
             session.execute(
-                insert(Message),
+                pg_insert(Message).on_conflict_do_nothing(
+                    index_elements=["conversation_id", "client_id"],
+                    index_where=Message.client_id.is_not(None),
+                ),
                 [
                     {
                         "conversation_id": conversation_pk,
@@ -120,11 +126,39 @@ class ConversationStore:
                         "role": message["role"],
                         "content": message["content"],
                         "job_id": job.id,
+                        "client_id": message.get("id"),
                     }
-                    for offset, message in enumerate(params["messages"], start=1)
+                    for offset, message in enumerate(messages, start=1)
                 ],
             )
-            return last + 1, last + len(params["messages"])
+            return last + 1, last + len(messages)
+
+    @staticmethod
+    def _new_messages(
+        session: Any, conversation_pk: uuid.UUID, messages: Sequence[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The messages without a client id the conversation (or an earlier one of them)
+        already has. The conversation row is locked: no other job adds one meanwhile."""
+        client_ids = {message["id"] for message in messages if message.get("id") is not None}
+        if not client_ids:
+            return list(messages)
+        seen = set(
+            session.scalars(
+                select(Message.client_id).where(
+                    Message.conversation_id == conversation_pk,
+                    Message.client_id.in_(client_ids),
+                )
+            )
+        )
+        new = []
+        for message in messages:
+            client_id = message.get("id")
+            if client_id is not None:
+                if client_id in seen:
+                    continue
+                seen.add(client_id)
+            new.append(message)
+        return new
 
     def jobs(self, jobs: Sequence[Row]) -> dict[uuid.UUID, ConversationJob]:
         """Where the messages of each (persisted) job are, in one query."""

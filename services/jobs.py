@@ -50,6 +50,8 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from config import metrics
 from models import ACTIVE_STATUSES, AuditLog, Job, JobErrorCode, JobStatus, JobType
 from models.db import transaction
+from services import idempotency as idempotency_keys
+from services.idempotency import IdempotencyKey
 from services.notify import MAX_CARRIED_ROW_BYTES
 
 JOBS = Job.__table__
@@ -269,14 +271,23 @@ class JobStore:
         new_jobs: Sequence[NewJob],
         *,
         publish: Callable[[Sequence[Row]], None],
+        idempotency: IdempotencyKey | None = None,
     ) -> list[Row]:
-        """``submit`` for many jobs: one INSERT, one commit, one ``publish`` call."""
+        """``submit`` for many jobs: one INSERT, one commit, one ``publish`` call.
+
+        With ``idempotency``, the key is claimed in the same transaction (one
+        statement more); a key already used raises ``KeyReused`` and nothing
+        is written.
+        """
+        job_ids = [uuid.uuid4() for _ in new_jobs]
         with self._transaction() as connection:
+            if idempotency is not None:
+                idempotency_keys.claim(connection, tenant_id, idempotency, job_ids)
             jobs = connection.execute(
                 insert(JOBS).returning(*SUMMARY_COLUMNS, sort_by_parameter_order=True),
                 [
                     {
-                        "id": uuid.uuid4(),
+                        "id": job_id,
                         "tenant_id": tenant_id,
                         "type": new.type,
                         "status": JobStatus.QUEUED,
@@ -286,7 +297,7 @@ class JobStore:
                         "attempts": 0,
                         "callback_url": new.callback_url,
                     }
-                    for new in new_jobs
+                    for job_id, new in zip(job_ids, new_jobs, strict=True)
                 ],
             ).all()
         for job in jobs:
@@ -299,6 +310,8 @@ class JobStore:
                 JobErrorCode.BROKER_UNAVAILABLE,
                 "the job queue could not be reached",
             )
+            if idempotency is not None:
+                idempotency_keys.release(self.database_url, tenant_id, idempotency.key, job_ids)
             raise PublishFailed(jobs, exc) from exc
         return jobs
 
@@ -561,6 +574,41 @@ class JobStore:
             raise JobAlreadyFinished(self.get(tenant_id, job_id))
         self._finished([job], JobStatus.CANCELED)
         return job
+
+    def delete(self, tenant_id: uuid.UUID, job_id: uuid.UUID, *, actor: str) -> bool:
+        """Delete a job of this tenant, canceling it first if it is queued or running;
+        True if it was (its task is to be revoked).
+
+        Raises ``JobNotFound`` for an unknown job. Its workers' guarded updates
+        find no row and stop as they do for a canceled job.
+        """
+        with self._transaction() as connection:
+            canceled = connection.execute(
+                update(JOBS)
+                .where(JOBS.c.id == job_id, JOBS.c.tenant_id == tenant_id, _active())
+                .values(status=JobStatus.CANCELED, finished_at=func.now())
+                .returning(*_FINISHED_COLUMNS)
+            ).one_or_none()
+            job = connection.execute(
+                JOBS.delete()
+                .where(JOBS.c.id == job_id, JOBS.c.tenant_id == tenant_id)
+                .returning(*SUMMARY_COLUMNS)
+            ).one_or_none()
+            if job is None:
+                raise JobNotFound(str(job_id))
+            connection.execute(
+                insert(AuditLog.__table__).values(
+                    tenant_id=tenant_id,
+                    actor=actor,
+                    action="job.delete",
+                    target_type="job",
+                    target_id=str(job_id),
+                    details={"status": JobStatus(job.status).value},
+                )
+            )
+        if canceled is not None:
+            self._finished([canceled], JobStatus.CANCELED)
+        return canceled is not None
 
     def get(self, tenant_id: uuid.UUID, job_id: uuid.UUID, *, vectors: bool = True) -> Row:
         jobs = self.get_many(tenant_id, [job_id], vectors=vectors)

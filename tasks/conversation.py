@@ -45,6 +45,11 @@ def persist(task: Task, message: dict) -> None:
     with log_context(job_id=str(job_id), tenant=str(job.tenant_id)), frame.guard([job_id]):
         first, last = ConversationStore(get_settings().database_url).persist(job)
         log.info("messages stored", extra={"first_seq": first, "last_seq": last})
+        if first > last:
+            # Every message's id was stored already (a retried post): nothing new to
+            # summarise or index.
+            frame.succeed({job_id: _nothing_new(job.params["conversation_id"])}, {job_id: None})
+            return
         if not frame.store.report_progress({job_id: (1, job.progress_total)}):
             log.info("job canceled while running")
             return
@@ -56,6 +61,15 @@ def persist(task: Task, message: dict) -> None:
         except Exception:
             log.warning("could not send the next step", exc_info=True)
             frame.release([job_id])
+
+
+def _nothing_new(conversation_id: str) -> dict:
+    return {
+        "conversation_id": conversation_id,
+        "messages": {"first_seq": None, "last_seq": None},
+        "summary": None,
+        "indexed": 0,
+    }
 
 
 @job_task(TaskName.STORE_CONVERSATION)

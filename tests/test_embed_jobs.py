@@ -85,7 +85,7 @@ def test_cancel_queued_job_never_runs(settings, worker_env, headers, tmp_path):
     with private_broker(settings.redis_url, PrivateDb.OWN_WORKERS) as url:
         client = create_app(settings.model_copy(update={"redis_url": url})).test_client()
         job = submit_embed(client, headers, ["cancel me before I run"])
-        response = client.delete(f"/v1/jobs/{job['id']}", headers=headers)
+        response = client.post(f"/v1/jobs/{job['id']}/cancel", headers=headers)
         assert response.status_code == 200
         assert response.get_json()["status"] == "canceled"
         broker = redis.Redis.from_url(url)
@@ -108,7 +108,7 @@ def test_cancel_running_job_stops_it(client, headers, gpu_worker):
     long_text = " ".join(f"word{i}" for i in range(300))
     job = submit_embed(client, headers, [long_text] * 256)
     wait_for_job(client, headers, job["id"], statuses={"running"}, timeout=30)
-    response = client.delete(f"/v1/jobs/{job['id']}", headers=headers)
+    response = client.post(f"/v1/jobs/{job['id']}/cancel", headers=headers)
     assert response.status_code == 200, response.get_json()
     wait_for(
         lambda: "job canceled while running" in gpu_worker.log(), 60, "the worker to stop the job"
@@ -122,7 +122,7 @@ def test_cancel_running_job_stops_it(client, headers, gpu_worker):
 def test_cancel_finished_job_is_409(client, headers, gpu_worker):
     job_id = submit_embed(client, headers, ["finish first"])["id"]
     assert wait_for_job(client, headers, job_id)["status"] == "succeeded"
-    response = client.delete(f"/v1/jobs/{job_id}", headers=headers)
+    response = client.post(f"/v1/jobs/{job_id}/cancel", headers=headers)
     assert response.status_code == 409
     error = response.get_json()["error"]
     assert error["code"] == "job_finished"
@@ -163,7 +163,7 @@ def test_tenants_cannot_see_each_others_jobs(client, make_tenant, gpu_worker):
     alice, bob = make_tenant(), make_tenant()
     job_id = submit_embed(client, alice, ["alice's secret"])["id"]
     assert client.get(f"/v1/jobs/{job_id}", headers=bob).status_code == 404
-    assert client.delete(f"/v1/jobs/{job_id}", headers=bob).status_code == 404
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=bob).status_code == 404
     assert job_id not in [j["id"] for j in client.get("/v1/jobs", headers=bob).get_json()["jobs"]]
     assert wait_for_job(client, alice, job_id)["status"] == "succeeded"
     unknown = client.get(f"/v1/jobs/{job_id}", headers=bob).get_json()

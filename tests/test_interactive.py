@@ -29,7 +29,7 @@ def backlog(client, make_tenant, gpu_worker, cpu_worker):
     wait_for_job(client, tenant_a, jobs[0], statuses={"running"}, timeout=60)
     yield tenant_a, jobs
     for job_id in jobs:
-        client.delete(f"/v1/jobs/{job_id}", headers=tenant_a)
+        client.post(f"/v1/jobs/{job_id}/cancel", headers=tenant_a)
 
 
 def test_another_tenants_small_job_is_not_held_behind_a_backlog(client, make_tenant, backlog):

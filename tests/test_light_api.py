@@ -60,7 +60,8 @@ call("batch", "post", "/v1/jobs/batch",
 call("get", "get", f"/v1/jobs/{embed['id']}?encoding_format=base64", headers=auth)
 call("long poll", "get", f"/v1/jobs/{embed['id']}?wait=1", headers=auth)
 call("list", "get", "/v1/jobs?limit=2", headers=auth)
-call("cancel", "delete", f"/v1/jobs/{embed['id']}", headers=auth)
+call("cancel", "post", f"/v1/jobs/{embed['id']}/cancel", headers=auth)
+call("delete", "delete", f"/v1/jobs/{embed['id']}", headers=auth)
 call("conversation get", "get", "/v1/conversations/light", headers=auth)
 call("search", "post", "/v1/search", json={"query": "hello"}, headers=auth)
 call("embeddings", "post", "/v1/embeddings",
@@ -84,6 +85,7 @@ EXPECTED = {
     "long poll": 200,
     "list": 200,
     "cancel": 200,
+    "delete": 204,
     "conversation get": 404,
     "search": 504,
     "embeddings": 504,

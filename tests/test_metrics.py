@@ -232,8 +232,8 @@ def test_a_canceled_job_is_counted_once(idle_settings, make_tenant):
     headers = make_tenant()
     job = submit_embed(client, headers, ["never runs"])
     before = api_metrics(client)
-    assert client.delete(f"/v1/jobs/{job['id']}", headers=headers).status_code == 200
-    assert client.delete(f"/v1/jobs/{job['id']}", headers=headers).status_code == 409
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=headers).status_code == 200
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=headers).status_code == 409
     after = api_metrics(client)
     canceled = {"type": "embed", "status": "canceled"}
     for name in ("convoq_jobs_finished_total", "convoq_job_latency_seconds_count"):

@@ -73,7 +73,7 @@ def test_a_cancel_wakes_a_long_poll_with_the_canceled_row(headers, settings):
                 lambda: app.test_client().get(f"/v1/jobs/{job['id']}?wait=20", headers=headers)
             )
             time.sleep(0.5)
-            canceled = app.test_client().delete(f"/v1/jobs/{job['id']}", headers=headers)
+            canceled = app.test_client().post(f"/v1/jobs/{job['id']}/cancel", headers=headers)
             answer = polled.result(timeout=30)
             took = time.monotonic() - started
     assert took < 5, "woken by the cancel, not at the end of its wait"

@@ -113,7 +113,8 @@ def test_openapi_documents_waits_batches_and_embeddings(client):
     for route in ("embed", "summarize", "conversation", "batch"):
         post = paths[f"/v1/jobs/{route}"]["post"]
         assert {"200", "202", "422"} <= set(post["responses"]), route
-        assert [p["name"] for p in post["parameters"] if p["in"] == "header"] == ["Prefer"]
+        headers = [p["name"] for p in post["parameters"] if p["in"] == "header"]
+        assert headers == ["Prefer", "Idempotency-Key"]
         assert "Preference-Applied" in post["responses"]["200"]["headers"]
         assert "Vary" in post["responses"]["202"]["headers"]
     assert "Location" in paths["/v1/jobs/embed"]["post"]["responses"]["202"]["headers"]
