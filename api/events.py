@@ -32,7 +32,7 @@ from api.schemas import JobOut, JobPath, LastEventIdHeader
 from config import Settings
 from models import FINISHED_STATUSES, JobStatus
 from services import notify
-from services.jobs import JobNotFound, JobStore, parse_job_id
+from services.jobs import JobNotFound, JobStore
 
 events_api = APIBlueprint(
     "job_events",
@@ -133,7 +133,9 @@ def job_events(
         listener.unwatch_changes(watch)
 
 
-@events_api.get("/<job_id>/events", summary="Follow a job's events", responses=STREAM_RESPONSES)
+@events_api.get(
+    "/<uuid:job_id>/events", summary="Follow a job's events", responses=STREAM_RESPONSES
+)
 def job_events_stream(path: JobPath, header: LastEventIdHeader) -> Response:
     """Server-sent events of the job's status and progress until it ends (`curl -N`,
     or an `EventSource`). Reconnect with `Last-Event-ID` to go on where you left off;
@@ -141,17 +143,14 @@ def job_events_stream(path: JobPath, header: LastEventIdHeader) -> Response:
     settings: Settings = current_app.extensions["convoq.settings"]
     store: JobStore = current_app.extensions["convoq.jobs"]
     tenant_id = current_principal().tenant_id
-    try:
-        job_id = parse_job_id(path.job_id)
-    except JobNotFound as exc:
-        raise ApiError(404, "job_not_found", f"no job with id {path.job_id!r}") from exc
+    job_id = path.job_id
     listener = notify.listener(settings.redis_url)
     watch = listener.watch_changes(job_id)  # before the read: no change goes unheard
     try:
         job = store.get(tenant_id, job_id)
     except JobNotFound as exc:
         listener.unwatch_changes(watch)
-        raise ApiError(404, "job_not_found", f"no job with id {path.job_id!r}") from exc
+        raise ApiError(404, "job_not_found", f"no job with id {str(job_id)!r}") from exc
     last = parse_key(header.last_event_id)
     key = event_key(job)
     if key[1] == FINAL_STAGE and last is not None and last >= key:
