@@ -6,6 +6,7 @@ every job accepted before or after ends ``succeeded`` with nothing lost or doubl
 Both tests share one PostgreSQL, one Milvus Lite and two workers of their own.
 """
 
+import json
 import threading
 import time
 import uuid
@@ -14,18 +15,32 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis
+from celery_batches import SimpleRequest
+from sqlalchemy.exc import OperationalError
 
 from api import create_app
 from config import RetrySettings, Settings
 from devstack.services import EmbeddedService, ensure_database, ensure_milvus, ensure_postgres
 from devstack.stack import migrate
 from services.tenants import authenticate, create_api_key
+from tasks.batch import Batch, Delivery
 from tasks.retry import backoff_delay, retry_window
-from tests.support import FINISHED, GPU_POOL, PrivateDb, WorkerProcess, free_port, wait_for
+from tests.support import (
+    FINISHED,
+    GPU_POOL,
+    PrivateDb,
+    WorkerProcess,
+    free_port,
+    private_broker,
+    wait_for,
+)
 from vectorstore import MemoryStore
+from worker.messages import JobMessage, read_message, task_args
+from worker.queues import TASK_QUEUES, TaskName
 
 POSTGRES_DOWN_SECONDS = 30
 BACKLOG_JOBS = 40
@@ -256,7 +271,8 @@ def test_postgresql_stopped_30s_under_load_answers_503_and_loses_no_job(own_stac
         stopped_at = time.monotonic()
         stack.stop_postgres()
         accepted_before = len(stream.accepted)
-        time.sleep(POSTGRES_DOWN_SECONDS)
+        ready = client.get("/readyz")
+        time.sleep(max(0.0, POSTGRES_DOWN_SECONDS - (time.monotonic() - stopped_at)))
         stack.start_postgres()
         restarted_at = time.monotonic()
         during = dict(stream.statuses)
@@ -280,6 +296,8 @@ def test_postgresql_stopped_30s_under_load_answers_503_and_loses_no_job(own_stac
         f"({accepted_before} before, {accepted_after} after), outcomes {dict(outcomes)}; "
         f"retries logged {retries}; jobs finished {first:.1f}s to {last:.1f}s after the restart"
     )
+    assert ready.status_code == 503
+    assert "postgresql is down" in ready.get_json()["error"]["message"]
     assert stream.statuses[500] == 0
     assert set(stream.statuses) <= {200, 202, 503}, stream.statuses
     assert stream.statuses[503] > 0, "the outage was never met"
@@ -369,3 +387,51 @@ def test_a_job_whose_retries_are_spent_fails_with_dependency_unavailable(own_sta
         assert "Milvus" in row["error"]["message"]
         assert row["attempts"] == 1, "a retry is not another attempt"
     assert retries_logged(stack.cpu) == 2 * len(rows)
+
+
+def test_a_batch_gives_up_the_deliveries_whose_retries_are_spent(settings: Settings, stack):
+    """``Batch.retry_later`` (the gpu pool's batches cannot use ``Task.retry``:
+    celery-batches has none): every delivery goes back on the queue with its retry
+    counted, except those whose retries are spent, which are given up; when giving
+    up cannot be recorded, they go back too."""
+    spent_retries = settings.retry.max_retries
+    with private_broker(settings.redis_url, PrivateDb.IDLE) as url:
+        celery = create_app(settings.model_copy(update={"redis_url": url})).extensions["celery"]
+        broker = redis.Redis.from_url(url)
+        deliveries = [delivery(retries) for retries in (0, 3, spent_retries)]
+        spent = deliveries[-1].job_id
+        given_up: list[list[uuid.UUID]] = []
+
+        def give_up(job_ids: list[uuid.UUID], exc: Exception) -> bool:
+            given_up.append(job_ids)
+            return True
+
+        batch = Batch(SimpleNamespace(app=celery), deliveries, give_up=give_up)
+        batch.retry_later(OperationalError("SELECT 1", {}, Exception("connection refused")))
+        assert given_up == [[spent]]
+        assert batch.requeued == {str(d.job_id) for d in deliveries[:2]}
+        assert sorted(published_retries(broker)) == [1, 4]
+
+        broker.flushdb()
+        batch = Batch(SimpleNamespace(app=celery), deliveries, give_up=lambda ids, exc: False)
+        batch.retry_later(OperationalError("SELECT 1", {}, Exception("connection refused")))
+        assert sorted(published_retries(broker)) == [1, 4, spent_retries + 1]
+
+
+def delivery(retries: int) -> Delivery:
+    job_id = uuid.uuid4()
+    args = task_args(JobMessage(job_id=job_id))
+    request = SimpleRequest(
+        str(job_id), TaskName.EMBED.value, args, {}, {"priority": 6}, "gpu@test", True, None,
+        None, {"retries": retries},
+    )  # fmt: skip
+    return Delivery(request, read_message(args))
+
+
+def published_retries(broker: redis.Redis) -> list[int]:
+    """The ``retries`` header of every message waiting in the gpu queue's lists."""
+    queue = TASK_QUEUES[TaskName.EMBED].value
+    messages = [
+        json.loads(raw) for key in broker.keys(f"{queue}*") for raw in broker.lrange(key, 0, -1)
+    ]
+    return [message["headers"]["retries"] for message in messages]
