@@ -34,8 +34,6 @@ from tasks.retry import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TRANSIENT_ERRORS", "JobFrame", "TimeLimitExceeded"]
-
 
 class TimeLimitExceeded(Exception):
     """The work of a job ran past its soft time limit (raised where Celery cannot)."""
