@@ -6,8 +6,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask, Response, jsonify
+from kombu.exceptions import OperationalError as BrokerError
 from pydantic import BaseModel, Field, ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from api.schemas import JOB_TYPE_TAGS
@@ -167,14 +171,29 @@ def register_error_handlers(app: Flask) -> None:
             )
         return error_response(status, code, message, headers=headers)
 
+    # PostgreSQL or Redis away (restarting, stopped, or every pooled connection
+    # stuck on it): 503 with Retry-After, whatever route met it.
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)
+    @app.errorhandler(PoolTimeoutError)
     def _database_unavailable(exc: Exception) -> Response:
-        log.error("database unavailable", exc_info=True)
+        log.error("database unavailable", extra={"error": str(exc)[:500]})
         return error_response(
             503,
             "database_unavailable",
             "the database is unavailable; try again shortly",
+            headers={"Retry-After": "5"},
+        )
+
+    @app.errorhandler(RedisConnectionError)
+    @app.errorhandler(RedisTimeoutError)
+    @app.errorhandler(BrokerError)
+    def _broker_unavailable(exc: Exception) -> Response:
+        log.error("broker unavailable", extra={"error": str(exc)[:500]})
+        return error_response(
+            503,
+            "broker_unavailable",
+            "the job queue could not be reached; try again shortly",
             headers={"Retry-After": "5"},
         )
 

@@ -53,7 +53,9 @@ class CelerySettings(BaseModel):
     task_send_sent_event: bool = False
     worker_hijack_root_logger: bool = False
     broker_connection_retry_on_startup: bool = True
-    # Recycle a CPU-pool child that grows past 1 GiB (resident, in KiB).
+    # A prefork (cpu pool) child whose resident memory grows past this (KiB;
+    # 1 GiB) is replaced by a fresh one after its current task. The gpu pool's
+    # threads pool has no children and ignores it.
     worker_max_memory_per_child: int = 1024 * 1024
     # Used only with ``--autoscale``: size the pool from the queue's depth.
     worker_autoscaler: str = "worker.autoscale:QueueDepthAutoscaler"
@@ -92,6 +94,28 @@ class CelerySettings(BaseModel):
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class RetrySettings(BaseModel):
+    """Bounded retries of a task that met a transient error (PostgreSQL, Redis or
+    Milvus away), overridden as ``RETRY__MAX_RETRIES=10``.
+
+    Retry ``n`` (from 0) waits ``min(backoff_max, backoff * 2**n)`` seconds, less
+    up to half of it at random. The defaults wait 52.5 to 105 s in all before the
+    job fails with ``dependency_unavailable``: a restart of PostgreSQL or
+    Milvus, or an outage of half a minute, is ridden out; and a job resumes
+    at most ``backoff_max`` seconds after the service is back.
+    """
+
+    max_retries: NonNegativeInt = 10
+    backoff: Annotated[float, Field(gt=0)] = 1.0
+    backoff_max: Annotated[float, Field(gt=0)] = 15.0
+
+    @model_validator(mode="after")
+    def _backoff_within_max(self) -> "RetrySettings":
+        if self.backoff > self.backoff_max:
+            raise ValueError("retry backoff must not exceed backoff_max")
+        return self
 
 
 class PoolScaling(BaseModel):
@@ -233,6 +257,7 @@ class Settings(BaseSettings):
     broker_publish_timeout: float = 5.0
 
     celery: CelerySettings = CelerySettings()
+    retry: RetrySettings = RetrySettings()
 
     scaling: ScalingSettings = ScalingSettings()
     # The in-node autoscaler (worker/autoscale.py) looks at the queue this

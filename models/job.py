@@ -43,6 +43,8 @@ class JobErrorCode(StrEnum):
     TIME_LIMIT_EXCEEDED = "time_limit_exceeded"
     TOO_MANY_ATTEMPTS = "too_many_attempts"
     BROKER_UNAVAILABLE = "broker_unavailable"
+    # PostgreSQL, Redis or Milvus stayed away for every retry (``RetrySettings``).
+    DEPENDENCY_UNAVAILABLE = "dependency_unavailable"
 
 
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)

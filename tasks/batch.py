@@ -11,7 +11,8 @@ Messages are acknowledged only after the batch function returns, so a worker
 killed mid-batch has every message of the batch delivered again. celery-batches
 acknowledges every message even when the batch function raises, so the
 function must settle each delivery itself: store its result, fail its job, or
-``requeue`` it. Whatever still escapes is caught here and every delivery of the
+``requeue`` it (``retry_later`` after a transient error: bounded, see
+``tasks.retry``). Whatever still escapes is caught here and every delivery of the
 batch is put back on the queue, at most ``MAX_BATCH_FAILURES`` times.
 
 A delivery that cannot be put back (the broker is down) is not lost: its job
@@ -20,7 +21,6 @@ the recovery sweep (``services.recovery``) publishes it again.
 """
 
 import logging
-import random
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +31,8 @@ from celery import Celery, Task, shared_task
 from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest, apply_batches_task
 
+from config import get_settings
+from tasks.retry import backoff_delay
 from worker.messages import (
     MalformedMessage,
     Message,
@@ -43,7 +45,6 @@ from worker.queues import TASK_QUEUES, TaskName
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEUE_DELAY = 60.0
 # A batch that fails in an unforeseen way is retried this many times, then
 # its deliveries are dropped: a poison message must not loop for ever.
 MAX_BATCH_FAILURES = 3
@@ -111,15 +112,25 @@ def acknowledge(requests: Sequence[Request]) -> None:
             request.acknowledged = True
 
 
-class Batch:
-    """The deliveries of one batch, by job; what it sends next, and what it put back."""
+GiveUp = Callable[[list[uuid.UUID], Exception], bool]
 
-    def __init__(self, task: Task, deliveries: Sequence[Delivery]) -> None:
+
+class Batch:
+    """The deliveries of one batch, by job; what it sends next, and what it put back.
+
+    ``give_up(job_ids, exc)`` fails jobs whose retries are spent and says whether
+    it could (``JobFrame.give_up``).
+    """
+
+    def __init__(
+        self, task: Task, deliveries: Sequence[Delivery], give_up: GiveUp | None = None
+    ) -> None:
         self.task = task
         self.by_job = {d.job_id: d for d in deliveries}
         self.requeued: set[str] = set()
         # Jobs whose message could not be put back: left to the recovery sweep.
         self.unpublished: set[uuid.UUID] = set()
+        self.give_up = give_up
 
     def retries_of(self, kind: type[Message]) -> dict[uuid.UUID, int]:
         """``{job id: retries}`` of the deliveries whose message is of ``kind``."""
@@ -135,6 +146,18 @@ class Batch:
                 self.requeued.add(delivery.request.id)
             else:
                 self.unpublished.add(job_id)
+
+    def retry_later(self, exc: Exception) -> None:
+        """After a transient error: put every delivery back with a backoff, except those
+        whose retries are spent, whose jobs fail with ``dependency_unavailable``.
+        Those are put back too when their failure cannot be recorded (the database
+        is what is away), so that no job is left without a message."""
+        max_retries = get_settings().retry.max_retries
+        spent = [job_id for job_id, d in self.by_job.items() if d.retries >= max_retries]
+        if spent and self.give_up is not None and self.give_up(spent, exc):
+            self.requeue(job_id for job_id in self.by_job if job_id not in spent)
+        else:
+            self.requeue()
 
     def send_next(self, step: TaskName, job_ids: Iterable[uuid.UUID]) -> None:
         """Send each job's next step; one that cannot be sent runs this step again later."""
@@ -271,11 +294,18 @@ def requeue(app: Celery, delivery: Delivery) -> bool:
     when the broker could not take it.
 
     It keeps its task id, arguments and priority, and counts the retry in
-    its headers.
+    its headers. Past the retries allowed it waits the longest backoff.
     """
     request = delivery.request
+    policy = get_settings().retry
+    delay = backoff_delay(delivery.retries, policy)
+    if delay is None:
+        delay = policy.backoff_max
     retries = delivery.retries + 1
-    delay = min(MAX_REQUEUE_DELAY, 2.0**retries) * random.uniform(0.5, 1.0)  # noqa: S311
+    log.info(
+        "request queued again",
+        extra={"task_id": request.id, "retry": retries, "delay": round(delay, 2)},
+    )
     try:
         app.send_task(
             request.name,

@@ -38,8 +38,8 @@ def embed(task: Task, deliveries: Sequence[Delivery]) -> Batch:
     """Embed the texts of every job of the batch, in shared forward passes."""
     settings = get_settings()
     frame = JobFrame.from_settings()
-    batch = Batch(task, deliveries)
-    with frame.guard(batch.by_job, on_transient=batch.requeue):
+    batch = Batch(task, deliveries, give_up=frame.give_up)
+    with frame.guard(batch.by_job, on_transient=batch.retry_later):
         jobs = frame.start(batch.retries_of(JobMessage))
         texts: dict[uuid.UUID, list[str]] = {
             job_id: job.params["texts"] for job_id, job in jobs.items()

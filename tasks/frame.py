@@ -6,8 +6,10 @@ running. A finished or canceled job is skipped, so a message delivered twice
 does nothing the second time. The work then runs inside ``guard``, which
 turns what can go wrong into the job's outcome:
 
-- a transient error (PostgreSQL or Milvus away) is handed to ``on_transient``
-  (the task is retried with backoff), and the job runs again later;
+- a transient error (PostgreSQL, Redis or Milvus away) is handed to
+  ``on_transient`` (the task is retried with backoff, ``tasks.retry``), and
+  the job runs again later; once its retries are spent, ``give_up`` fails it
+  with ``dependency_unavailable``;
 - the soft time limit fails the jobs with ``time_limit_exceeded``;
 - anything else fails them with ``internal_error`` and the exception's text.
 
@@ -23,27 +25,17 @@ from typing import Any
 from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import Row
-from sqlalchemy.exc import InterfaceError, OperationalError
 
-from config import get_settings
+from config import RetrySettings, get_settings
 from config.logs import log_context
 from models import JobErrorCode
 from services.jobs import JobStore
 from services.notify import changed_notifier, finished_notifier
 from services.webhooks import WebhookSender
-from vectorstore import TRANSIENT_MILVUS_ERRORS
+from tasks.retry import TRANSIENT_ERRORS
 from worker.presence import worker_identity
 
 log = logging.getLogger(__name__)
-
-# Failures that go away on their own (a database restart, a dropped
-# connection, Milvus busy): retried with backoff until they do, so the job
-# still finishes.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    OperationalError,
-    InterfaceError,
-    *TRANSIENT_MILVUS_ERRORS,
-)
 
 
 class TimeLimitExceeded(Exception):
@@ -61,11 +53,13 @@ class JobFrame:
         max_attempts: int,
         soft_limit: float,
         worker: str | None = None,
+        retry: RetrySettings | None = None,
     ) -> None:
         self.store = store
         self.max_attempts = max_attempts
         self.soft_limit = soft_limit
         self.worker = worker
+        self.retry = retry or RetrySettings()
 
     @classmethod
     def from_settings(cls) -> "JobFrame":
@@ -80,6 +74,7 @@ class JobFrame:
             max_attempts=settings.max_job_attempts,
             soft_limit=settings.celery.task_soft_time_limit,
             worker=worker_identity(),
+            retry=settings.retry,
         )
 
     def start(self, deliveries: Mapping[uuid.UUID, int]) -> dict[uuid.UUID, Row]:
@@ -123,18 +118,20 @@ class JobFrame:
 
     @contextmanager
     def guard(
-        self, job_ids: Iterable[uuid.UUID], on_transient: Callable[[], None] | None = None
+        self,
+        job_ids: Iterable[uuid.UUID],
+        on_transient: Callable[[Exception], None] | None = None,
     ) -> Iterator[None]:
         """Settle the jobs by what the work raises; re-raise a transient error unless
         ``on_transient`` takes it."""
         job_ids = list(job_ids)
         try:
             yield
-        except TRANSIENT_ERRORS:
-            log.warning("transient failure; the job will be retried", exc_info=True)
+        except TRANSIENT_ERRORS as exc:
             if on_transient is None:
                 raise
-            on_transient()
+            log.warning("transient failure; the job will be retried", exc_info=True)
+            on_transient(exc)
         except (SoftTimeLimitExceeded, TimeLimitExceeded):
             log.warning("job stopped at its soft time limit")
             self.fail(
@@ -156,6 +153,24 @@ class JobFrame:
         for job_id in self.store.fail_many(job_ids, code, message):
             with log_context(job_id=str(job_id)):
                 log.warning("job failed", extra={"code": code.value})
+
+    def give_up(self, job_ids: Iterable[uuid.UUID], exc: Exception) -> bool:
+        """Fail the jobs with ``dependency_unavailable``: their retries are spent.
+
+        False when that cannot be recorded either (PostgreSQL is what is away):
+        the caller then keeps the jobs' messages going, and their rows, still
+        queued or running, stay the truth.
+        """
+        message = (
+            f"a service stayed unavailable through {self.retry.max_retries} retries: "
+            f"{type(exc).__name__}: {exc}"
+        )
+        try:
+            self.fail(job_ids, JobErrorCode.DEPENDENCY_UNAVAILABLE, message[:1000])
+        except TRANSIENT_ERRORS:
+            log.warning("could not fail jobs whose retries are spent", exc_info=True)
+            return False
+        return True
 
     def stop_at_hard_limit(self, job_ids: Iterable[uuid.UUID], seconds: float) -> None:
         """Fail the jobs of work killed at the hard time limit (it never returns)."""

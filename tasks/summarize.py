@@ -32,8 +32,8 @@ def summarize(task: Task, deliveries: Sequence[Delivery]) -> Batch:
     """Summarise the text of every job, texts of the same method and lengths together."""
     settings = get_settings()
     frame = JobFrame.from_settings()
-    batch = Batch(task, deliveries)
-    with frame.guard(batch.by_job, on_transient=batch.requeue):
+    batch = Batch(task, deliveries, give_up=frame.give_up)
+    with frame.guard(batch.by_job, on_transient=batch.retry_later):
         jobs = frame.start(batch.retries_of(JobMessage))
         wanted = {
             job_id: SummaryRequest(

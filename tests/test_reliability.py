@@ -11,9 +11,7 @@ import pytest
 import redis
 
 from api import create_app
-from devstack.services import ensure_database, ensure_postgres, ensure_redis
-from devstack.stack import migrate
-from services.tenants import create_api_key
+from devstack.services import ensure_redis
 from tests.faults import HANG, SLOW, SLOW_PASS
 from tests.support import (
     GPU_POOL,
@@ -181,49 +179,6 @@ def test_redis_restart_and_outage(settings, stack, headers, worker_env, tmp_path
         server = ensure_redis(url, data_dir)
         with WorkerProcess(env, tmp_path, **GPU_POOL):
             assert wait_for_job(client, headers, waiting["id"])["status"] == "succeeded"
-    finally:
-        if server is not None:
-            server.stop()
-
-
-def test_postgresql_stopped_mid_job(settings, stack, worker_env, tmp_path):
-    database_url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/convoq"
-    data_dir = tmp_path / "postgres"
-    server = ensure_postgres(database_url, data_dir)
-    assert server is not None
-    broker_url = settings.redis_url.rsplit("/", 1)[0] + f"/{PrivateDb.OUTAGE}"
-    redis.Redis.from_url(broker_url).flushdb()
-    try:
-        ensure_database(database_url)
-        migrate(database_url)
-        _, key = create_api_key(database_url, "outage", actor="test")
-        headers = {"Authorization": f"Bearer {key}"}
-        app = create_app(
-            settings.model_copy(update={"database_url": database_url, "redis_url": broker_url})
-        )
-        client = app.test_client()
-        env = {**worker_env, "DATABASE_URL": database_url, "REDIS_URL": broker_url}
-        with WorkerProcess(env, tmp_path, **GPU_POOL) as worker:
-            job = submit_embed(client, headers, [LONG_TEXT] * 256)
-            wait_for_job(client, headers, job["id"], statuses={"running"}, timeout=30)
-            server.stop()
-
-            response = client.post("/v1/jobs/embed", json={"texts": ["x"]}, headers=headers)
-            assert response.status_code == 503
-            assert response.get_json()["error"]["code"] == "database_unavailable"
-            ready = client.get("/readyz")
-            assert ready.status_code == 503
-            assert "postgresql" in ready.get_json()["error"]["message"]
-            wait_for(
-                lambda: "transient failure; the job will be retried" in worker.log(),
-                60,
-                "the worker to meet the outage",
-            )
-
-            server = ensure_postgres(database_url, data_dir)
-            done = wait_for_job(client, headers, job["id"], timeout=120)
-        assert done["status"] == "succeeded", done["error"]
-        assert len(done["result"]["vectors"]) == 256
     finally:
         if server is not None:
             server.stop()
