@@ -49,13 +49,32 @@ RUNNING_STAGE, QUEUED_STAGE, FINAL_STAGE = 1, 2, 3
 # How long an EventSource waits before it reconnects, in milliseconds.
 RECONNECT_MS = 1000
 
+# One event of the stream (OpenAPI 3.1: the media type's schema is the event's).
+EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": r"^\d+\.[123]\.\d+$"},
+        "event": {
+            "type": "string",
+            "enum": ["queued", "running", "progress", "succeeded", "failed", "canceled"],
+        },
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "The job, as `GET /v1/jobs/<id>` returns it.",
+        },
+        "retry": {"type": "integer"},
+    },
+}
+
 STREAM_RESPONSES = {
     200: {
         "description": "`text/event-stream`: one event per change of the job's status or "
         "progress (`queued`, `running`, `progress`, then `succeeded`, `failed` or "
         "`canceled`), each with an `id` and the job as JSON; the stream ends after the "
         "final event, which carries the job as `GET /v1/jobs/<id>` returns it.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": EVENT_SCHEMA}},
     },
     204: None,
     404: ErrorResponse,

@@ -1,5 +1,6 @@
 """The contract is the document: schemathesis against the real API's /openapi.json."""
 
+import os
 import re
 import subprocess
 import sys
@@ -18,7 +19,10 @@ MAX_EXAMPLES = 5
 def test_schemathesis_finds_nothing(settings, make_tenant, gpu_worker, tmp_path: Path):
     headers = make_tenant()
     # The fuzzer sends hundreds of requests a second: the rate limit is not under test.
-    with api_server(settings, tmp_path, RATE_LIMIT="100000/second") as server:
+    # tests/schemathesis_hooks.py points callback URLs at an allow-listed host.
+    with api_server(
+        settings, tmp_path, RATE_LIMIT="100000/second", WEBHOOK_ALLOWED_HOSTS="127.0.0.1"
+    ) as server:
         command = [
             sys.executable, "-m", "schemathesis.cli",
             "--config-file", str(ROOT / "tests" / "schemathesis.toml"),
@@ -35,8 +39,15 @@ def test_schemathesis_finds_nothing(settings, make_tenant, gpu_worker, tmp_path:
             "--no-color",
             "--seed", "12",
         ]  # fmt: skip
+        hooks = {"SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
         run = subprocess.run(
-            command, cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False
+            command,
+            cwd=tmp_path,
+            env={**os.environ, **hooks},
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
         )
     output = run.stdout + run.stderr
     (tmp_path / "schemathesis.txt").write_text(output)
