@@ -89,6 +89,15 @@ class Job(Base):
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
         Index("ix_jobs_running_worker", "worker", postgresql_where=text("status = 'running'")),
+        # Webhooks whose delivery stalled (services/webhooks.stalled_deliveries).
+        Index(
+            "ix_jobs_webhook_undelivered",
+            "finished_at",
+            postgresql_where=text(
+                "callback_url IS NOT NULL "
+                "AND (webhook_status IS NULL OR webhook_status = 'retrying')"
+            ),
+        ),
         CheckConstraint("progress_done >= 0 AND progress_total >= 0", name="progress_non_negative"),
     )
 

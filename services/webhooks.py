@@ -291,6 +291,24 @@ def record_attempt(database_url: str, job_id: uuid.UUID, attempt: Attempt, statu
         )
 
 
+_STALLED = text(
+    "SELECT id FROM jobs WHERE callback_url IS NOT NULL "
+    "AND (webhook_status IS NULL OR webhook_status = 'retrying') "
+    "AND status IN ('succeeded', 'failed', 'canceled') "
+    "AND greatest(finished_at, (webhook_attempts -> -1 ->> 'at')::timestamptz) "
+    "< now() - make_interval(secs => :quiet_for) "
+    "ORDER BY finished_at LIMIT :limit"
+)
+
+
+def stalled_deliveries(database_url: str, *, quiet_for: float, limit: int) -> list[Row]:
+    """Finished jobs whose webhook is neither delivered nor given up and saw no attempt
+    for ``quiet_for`` seconds: their delivery task was lost (the broker down when the
+    job ended, or a worker killed while a retry waited in it)."""
+    with transaction(database_url) as connection:
+        return connection.execute(_STALLED, {"quiet_for": quiet_for, "limit": limit}).all()
+
+
 def backoff_seconds(attempts_made: int, base: float, most: float) -> float:
     """Wait before the next attempt: base, 2 base, 4 base, … at most ``most``."""
     return min(most, base * 2 ** (attempts_made - 1))

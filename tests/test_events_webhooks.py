@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
@@ -468,3 +469,30 @@ def test_an_unreadable_last_event_id_gets_the_current_state(idle, headers):
     end(client, job["id"])
     events = Events(response).all()
     assert [event["event"] for event in events] in (["queued", "failed"], ["failed"])
+
+
+def test_a_stalled_delivery_is_found_and_sent_again(settings, idle, headers):
+    url, client = idle
+    ended = submit(client, headers, callback_url=f"http://{LOCAL}:9/hook")
+    still_queued = submit(client, headers, callback_url=f"http://{LOCAL}:9/hook")
+    end(client, ended["id"])
+
+    def stalled(quiet_for: float) -> set[str]:
+        found = webhooks.stalled_deliveries(settings.database_url, quiet_for=quiet_for, limit=50)
+        return {str(row.id) for row in found}
+
+    assert ended["id"] in stalled(0), "a finished job with no attempt is stalled"
+    assert still_queued["id"] not in stalled(0), "a job still running has nothing to deliver"
+    assert ended["id"] not in stalled(3600), "a delivery that may still come is left alone"
+
+    broker = redis.Redis.from_url(url)
+    before = queue_length(broker, "cpu")
+    app = client.application.extensions["celery"]
+    webhooks.WebhookSender(app)(
+        webhooks.stalled_deliveries(settings.database_url, quiet_for=0, limit=50)
+    )
+    assert queue_length(broker, "cpu") > before, "the stalled delivery was queued again"
+
+    attempt = webhooks.Attempt(number=1, at=datetime.now(UTC), status_code=200)
+    webhooks.record_attempt(settings.database_url, uuid.UUID(ended["id"]), attempt, "delivered")
+    assert ended["id"] not in stalled(0), "a delivered webhook is done"

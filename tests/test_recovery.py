@@ -75,7 +75,8 @@ def test_a_conversation_goes_on_from_the_step_its_progress_names():
 
 def test_every_scheduled_task_is_registered_and_expires_before_its_next_run(app):
     celery = app.extensions["celery"]
-    celery.loader.import_task_module("tasks.recovery")
+    for module in ("tasks.recovery", "tasks.maintenance"):
+        celery.loader.import_task_module(module)
     schedule = celery.conf.beat_schedule
     assert schedule == beat_schedule(Settings())
     for entry in schedule.values():

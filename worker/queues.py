@@ -24,6 +24,8 @@ class TaskName(StrEnum):
     DELIVER_WEBHOOK = "tasks.webhooks.deliver"
     # cpu, periodic (worker/schedule.py)
     RECOVER_JOBS = "tasks.recovery.recover_jobs"
+    RESEND_WEBHOOKS = "tasks.maintenance.resend_webhooks"
+    PURGE_IDEMPOTENCY_KEYS = "tasks.maintenance.purge_idempotency_keys"
 
 
 TASK_QUEUES: dict[TaskName, Queue] = {
@@ -34,6 +36,8 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.STORE_CONVERSATION: Queue.CPU,
     TaskName.DELIVER_WEBHOOK: Queue.CPU,
     TaskName.RECOVER_JOBS: Queue.CPU,
+    TaskName.RESEND_WEBHOOKS: Queue.CPU,
+    TaskName.PURGE_IDEMPOTENCY_KEYS: Queue.CPU,
 }
 
 

@@ -13,15 +13,25 @@ from worker.queues import TaskName
 
 # Redis serves priority 0 first.
 SCHEDULED_PRIORITY = 0
+# Housekeeping that may wait: stalled webhooks, expired idempotency keys.
+RESEND_WEBHOOKS_EVERY = 60.0
+PURGE_IDEMPOTENCY_KEYS_EVERY = 3600.0
+
+
+def _entry(task: TaskName, every: float) -> dict[str, Any]:
+    return {
+        "task": task.value,
+        "schedule": every,
+        "options": {"expires": every * 0.9, "priority": SCHEDULED_PRIORITY},
+    }
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """Celery's ``beat_schedule`` for these settings."""
-    every = settings.recovery_interval_seconds
     return {
-        "recover-jobs": {
-            "task": TaskName.RECOVER_JOBS.value,
-            "schedule": every,
-            "options": {"expires": every * 0.9, "priority": SCHEDULED_PRIORITY},
-        },
+        "recover-jobs": _entry(TaskName.RECOVER_JOBS, settings.recovery_interval_seconds),
+        "resend-webhooks": _entry(TaskName.RESEND_WEBHOOKS, RESEND_WEBHOOKS_EVERY),
+        "purge-idempotency-keys": _entry(
+            TaskName.PURGE_IDEMPOTENCY_KEYS, PURGE_IDEMPOTENCY_KEYS_EVERY
+        ),
     }

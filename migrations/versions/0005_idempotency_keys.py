@@ -1,7 +1,7 @@
 """idempotency keys; messages' client ids
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-01 00:30:00
 """
 

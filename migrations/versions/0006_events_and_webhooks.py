@@ -1,7 +1,7 @@
 """webhooks: jobs.callback_url and their delivery attempts, tenants.webhook_secret
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0005
 Create Date: 2026-12-01 00:30:00
 """
 
@@ -25,9 +25,18 @@ def upgrade() -> None:
         sa.Column("webhook_attempts", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
     )
     op.add_column("tenants", sa.Column("webhook_secret", sa.String(length=64), nullable=True))
+    op.create_index(
+        "ix_jobs_webhook_undelivered",
+        "jobs",
+        ["finished_at"],
+        postgresql_where=sa.text(
+            "callback_url IS NOT NULL AND (webhook_status IS NULL OR webhook_status = 'retrying')"
+        ),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_jobs_webhook_undelivered", table_name="jobs")
     op.drop_column("tenants", "webhook_secret")
     op.drop_column("jobs", "webhook_attempts")
     op.drop_column("jobs", "webhook_status")
