@@ -22,7 +22,8 @@ from types import SimpleNamespace
 import pytest
 import redis
 from kombu.transport.redis import Channel
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from api import create_app
 from config import Settings
@@ -53,6 +54,23 @@ BOUND_SECONDS = 60
 LONG_TEXT = " ".join(f"word{i}" for i in range(200))
 # Texts per embed job of a round: a batch long enough to be killed mid-way.
 TEXTS = 16
+
+
+@pytest.fixture(autouse=True)
+def no_active_jobs_of_earlier_tests(settings, stack):
+    """The sweep looks at every job of the database: the jobs earlier tests left queued
+    or running (their broker long emptied) would be published to this test's broker."""
+    engine = create_engine(settings.database_url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "UPDATE jobs SET status = 'canceled', finished_at = now() "
+                    "WHERE status IN ('queued', 'running')"
+                )
+            )
+    finally:
+        engine.dispose()
 
 
 # -- the sweep as a plain function --------------------------------------------
