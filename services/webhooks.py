@@ -116,25 +116,23 @@ def new_secret() -> str:
 
 def tenant_secret(database_url: str, tenant_id: uuid.UUID) -> str:
     """The tenant's signing secret, made now if it has none."""
-    with transaction(database_url) as connection:
-        return connection.execute(
-            text(
-                "UPDATE tenants SET webhook_secret = coalesce(webhook_secret, :secret) "
-                "WHERE id = :id RETURNING webhook_secret"
-            ),
-            {"id": tenant_id, "secret": new_secret()},
-        ).scalar_one()
+    return _store_secret(database_url, tenant_id, keep_existing=True)
 
 
 def rotate_secret(database_url: str, tenant_id: uuid.UUID) -> str:
     """A new secret for the tenant; webhooks from now on are signed with it."""
+    return _store_secret(database_url, tenant_id, keep_existing=False)
+
+
+def _store_secret(database_url: str, tenant_id: uuid.UUID, *, keep_existing: bool) -> str:
     with transaction(database_url) as connection:
         return connection.execute(
             text(
-                "UPDATE tenants SET webhook_secret = :secret WHERE id = :id "
-                "RETURNING webhook_secret"
+                "UPDATE tenants SET webhook_secret = CASE WHEN :keep "
+                "THEN coalesce(webhook_secret, :secret) ELSE :secret END "
+                "WHERE id = :id RETURNING webhook_secret"
             ),
-            {"id": tenant_id, "secret": new_secret()},
+            {"id": tenant_id, "secret": new_secret(), "keep": keep_existing},
         ).scalar_one()
 
 
