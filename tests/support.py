@@ -1,5 +1,6 @@
 """Helpers for tests that drive real processes: Celery workers, the local stack."""
 
+import json
 import os
 import signal
 import socket
@@ -202,10 +203,23 @@ def submit_embed(client: Any, headers: dict[str, str], texts: list[str], **extra
     return response.get_json()
 
 
+def _queue_lists(queue: str) -> list[str]:
+    """A queue's Redis lists: its own and its priority lists (kombu's ``\\x06\\x16`` suffix)."""
+    return [queue, *(f"{queue}\x06\x16{priority}" for priority in range(1, 10))]
+
+
 def queue_length(broker: Any, queue: str) -> int:
-    """Messages waiting in a queue, its priority lists (kombu's ``\\x06\\x16`` suffix) included."""
-    keys = [queue, *(f"{queue}\x06\x16{priority}" for priority in range(1, 10))]
-    return sum(broker.llen(key) for key in keys)
+    """Messages waiting in a queue, its priority lists included."""
+    return sum(broker.llen(key) for key in _queue_lists(queue))
+
+
+def waiting_task_ids(broker: Any, queue: str) -> set[str]:
+    """The task ids of the messages waiting in a queue (a job's task id is its id)."""
+    return {
+        json.loads(raw)["headers"]["id"]
+        for key in _queue_lists(queue)
+        for raw in broker.lrange(key, 0, -1)
+    }
 
 
 def metric_value(exposition: str, name: str, **labels: str) -> float:
