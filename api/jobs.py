@@ -98,19 +98,21 @@ def _idempotency(header: SubmitHeader) -> IdempotencyKey | None:
 
 def _replayed(exc: KeyReused) -> list[Row]:
     """The jobs a reused Idempotency-Key made, for the same request; 409 otherwise."""
-    if not exc.same_request:
-        raise ApiError(
-            409,
-            "idempotency_key_reused",
-            f"Idempotency-Key {exc.key!r} was used with another request; use a new key",
-            details=[{"field": "Idempotency-Key", "key": exc.key}],
-        ) from exc
-    jobs = _store().get_many(current_principal().tenant_id, exc.job_ids, vectors=True)
+    jobs = (
+        _store().get_many(current_principal().tenant_id, exc.job_ids, vectors=True)
+        if exc.same_request
+        else []
+    )
     if not jobs:
+        why = (
+            "the jobs made with it were deleted"
+            if exc.same_request
+            else "it was used with another request"
+        )
         raise ApiError(
             409,
             "idempotency_key_reused",
-            f"the jobs made with Idempotency-Key {exc.key!r} were deleted; use a new key",
+            f"Idempotency-Key {exc.key!r}: {why}; use a new key",
             details=[{"field": "Idempotency-Key", "key": exc.key}],
         ) from exc
     return jobs
