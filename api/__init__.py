@@ -2,7 +2,7 @@
 
 from flask_openapi3 import Info, OpenAPI
 
-from api.cli import create_key_command
+from api.cli import check_memory_command, create_key_command
 from api.content import StrictJSONProvider
 from api.conversations import conversations_api
 from api.embeddings import embeddings_api
@@ -89,4 +89,5 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(metrics_api)
     app.add_url_rule("/docs", "docs", app.view_functions["swagger.swagger"])
     app.cli.add_command(create_key_command)
+    app.cli.add_command(check_memory_command)
     return app

@@ -1,11 +1,12 @@
-"""``flask --app api create-key --tenant acme``: create a tenant and an API key."""
+"""Operators' commands: ``flask --app api create-key --tenant acme`` and the others below."""
 
 import sys
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 
-from services.tenants import create_api_key
+from services.tenants import create_api_key, tenant_id_of
 
 
 @click.command("create-key")
@@ -22,3 +23,28 @@ def create_key_command(tenant: str) -> None:
         file=sys.stderr,
     )
     print(key)
+
+
+@click.command("check-memory")
+@click.option("--tenant", required=True, help="The tenant's name.")
+@click.option("--repair", is_flag=True, help="Delete the stale vectors found.")
+@with_appcontext
+def check_memory_command(tenant: str, repair: bool) -> None:
+    """Compare TENANT's vectors in Milvus with its rows in PostgreSQL: print the stale
+    ones (their row is gone or changed) and the missing ones; exit 1 if any."""
+    # Imported here: the API's own processes never load pymilvus.
+    from services.consistency import audit_memory
+    from vectorstore import get_memory_store
+
+    settings = current_app.extensions["convoq.settings"]
+    tenant_id = tenant_id_of(settings.database_url, tenant)
+    if tenant_id is None:
+        raise click.BadParameter(f"no tenant named {tenant!r}", param_hint="--tenant")
+    memory = get_memory_store(settings)
+    audit = audit_memory(settings.database_url, memory, tenant_id)
+    print(f"stale vectors: {len(audit.stale)}; missing vectors: {len(audit.missing)}")
+    if repair and audit.stale:
+        memory.delete(str(tenant_id), ids=audit.stale)
+        print(f"deleted {len(audit.stale)} stale vectors")
+    elif not audit.agrees:
+        sys.exit(1)

@@ -54,6 +54,8 @@ from services.jobs import (
 from services.methods import T5NotConfigured, choose_method
 from services.vectors import EncodingFormat
 from services.webhooks import UnsafeCallbackUrl, check_callback_url
+from worker.messages import ForgetMessage, task_args
+from worker.queues import TaskName
 
 log = logging.getLogger(__name__)
 
@@ -443,16 +445,35 @@ def cancel_job(path: JobPath) -> tuple[Response, int, dict]:
 )
 def delete_job(path: JobPath) -> tuple[str, int]:
     """Delete the job and its result, canceling it first if it is queued or running.
-    A later `GET` answers 404. What a job stored in conversations and in the search
-    index stays: erase it with `DELETE /v1/conversations/<id>` or `/v1/users/<id>`."""
+    A later `GET` answers 404. The vectors an embed job with `store` indexed go with
+    it, within seconds: search stops finding its texts. What a conversation job
+    stored belongs to the conversation and stays: erase it with
+    `DELETE /v1/conversations/<id>` or `/v1/users/<id>`."""
     principal = current_principal()
     try:
-        was_active = _store().delete(principal.tenant_id, path.job_id, actor=principal.key_prefix)
+        job, was_active = _store().delete(
+            principal.tenant_id, path.job_id, actor=principal.key_prefix
+        )
     except JobNotFound as exc:
         raise ApiError(404, "job_not_found", f"no job with id {str(path.job_id)!r}") from exc
     if was_active:
         _revoke(str(path.job_id))
+    if job.type == JobType.EMBED and job.params.get("store"):
+        _forget(
+            ForgetMessage(tenant_id=job.tenant_id, job_id=job.id, texts=len(job.params["texts"]))
+        )
     return "", 204
+
+
+def _forget(message: ForgetMessage) -> None:
+    """Have the cpu pool delete these records from the index. If the broker is away
+    the records stay until ``flask --app api check-memory --repair`` removes them."""
+    try:
+        current_app.extensions["celery"].send_task(
+            TaskName.FORGET_RECORDS.value, args=task_args(message), ignore_result=True
+        )
+    except Exception:
+        log.warning("could not send the records to forget", exc_info=True)
 
 
 def _revoke(task_id: str) -> None:

@@ -273,6 +273,16 @@ class ConversationStore:
                 answer[job.job_id] = {name: getattr(row, name) for name in SUMMARY_FIELDS}
         return answer
 
+    def is_latest_summary(self, job: ConversationJob) -> bool:
+        """Whether the summary up to the job's last message is the conversation's latest."""
+        with transaction(self.database_url) as connection:
+            latest = connection.scalar(
+                select(func.max(Summary.upto_seq)).where(
+                    Summary.conversation_id == job.conversation_pk
+                )
+            )
+        return latest is None or latest <= job.last_seq
+
     def view(
         self, tenant_id: uuid.UUID, external_id: str, *, after_seq: int = 0, limit: int
     ) -> ConversationView:

@@ -575,9 +575,9 @@ class JobStore:
         self._finished([job], JobStatus.CANCELED)
         return job
 
-    def delete(self, tenant_id: uuid.UUID, job_id: uuid.UUID, *, actor: str) -> bool:
+    def delete(self, tenant_id: uuid.UUID, job_id: uuid.UUID, *, actor: str) -> tuple[Row, bool]:
         """Delete a job of this tenant, canceling it first if it is queued or running;
-        True if it was (its task is to be revoked).
+        the deleted row, and whether it was active (its task is to be revoked).
 
         Raises ``JobNotFound`` for an unknown job. Its workers' guarded updates
         find no row and stop as they do for a canceled job.
@@ -608,7 +608,7 @@ class JobStore:
             )
         if canceled is not None:
             self._finished([canceled], JobStatus.CANCELED)
-        return canceled is not None
+        return job, canceled is not None
 
     def get(self, tenant_id: uuid.UUID, job_id: uuid.UUID, *, vectors: bool = True) -> Row:
         jobs = self.get_many(tenant_id, [job_id], vectors=vectors)

@@ -4,6 +4,7 @@ Record ids are deterministic (``vectorstore.memory_id``): indexing the same
 job or conversation step twice overwrites, never duplicates.
 """
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ def embed_job_records(job: Row, vectors: Sequence[Sequence[float]]) -> list[Memo
     params: dict[str, Any] = job.params
     return [
         MemoryRecord(
-            id=memory_id(str(job.tenant_id), f"job:{job.id}", position),
+            id=record_id,
             tenant=str(job.tenant_id),
             user_id=params.get("user_id"),
             conversation_id=params.get("conversation_id"),
@@ -27,7 +28,12 @@ def embed_job_records(job: Row, vectors: Sequence[Sequence[float]]) -> list[Memo
             vector=vector,
             metadata=params.get("metadata") or {},
         )
-        for position, (text, vector) in enumerate(zip(params["texts"], vectors, strict=True))
+        for record_id, text, vector in zip(
+            embed_job_record_ids(job.tenant_id, job.id, len(params["texts"])),
+            params["texts"],
+            vectors,
+            strict=True,
+        )
     ]
 
 
@@ -64,7 +70,7 @@ def conversation_records(
     if summary is not None and summary["text"] and len(vectors) > len(messages):
         records.append(
             MemoryRecord(
-                id=memory_id(str(job.tenant_id), f"{source}:summary", 0),
+                id=summary_record_id(job),
                 kind=MemoryKind.SUMMARY,
                 text=summary["text"],
                 vector=vectors[len(messages)],
@@ -72,3 +78,13 @@ def conversation_records(
             )
         )
     return records
+
+
+def summary_record_id(job: ConversationJob) -> str:
+    """The id of a conversation's summary record: one per conversation, the latest summary."""
+    return memory_id(str(job.tenant_id), f"conversation:{job.conversation_id}:summary", 0)
+
+
+def embed_job_record_ids(tenant_id: uuid.UUID, job_id: uuid.UUID, texts: int) -> list[str]:
+    """The ids of the records an embed job with ``store`` indexes, one per text."""
+    return [memory_id(str(tenant_id), f"job:{job_id}", position) for position in range(texts)]

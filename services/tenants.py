@@ -57,3 +57,9 @@ def authenticate(database_url: str, key: str) -> Principal | None:
             .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
         ).one_or_none()
     return Principal(*row) if row is not None else None
+
+
+def tenant_id_of(database_url: str, tenant_name: str) -> uuid.UUID | None:
+    """The id of the tenant with this name, or None."""
+    with session_scope(database_url) as session:
+        return session.scalar(select(Tenant.id).where(Tenant.name == tenant_name))

@@ -16,10 +16,10 @@ from config.logs import log_context
 from services import vectors
 from services.conversations import ConversationStore
 from services.dispatch import conversation_pipeline
-from services.memory import conversation_records
+from services.memory import conversation_records, summary_record_id
 from tasks.base import job_task
 from tasks.frame import JobFrame
-from vectorstore import DIMENSION, get_memory_store
+from vectorstore import DIMENSION, MemoryKind, get_memory_store
 from worker.messages import JobMessage, StepMessage, read_message, task_args
 from worker.queues import TaskName
 
@@ -87,11 +87,24 @@ def store(task: Task, message: dict) -> None:
         pipeline = conversations.jobs([job])[job.id]
         summary = conversations.summaries([pipeline]).get(job.id)
         records = []
+        memory = get_memory_store(settings)
+        if pipeline.summarize and not conversations.is_latest_summary(pipeline):
+            # A later job summarised the conversation further: its summary is the
+            # one the index keeps.
+            summary_to_index = None
+        else:
+            summary_to_index = summary
         if pipeline.embed and job.vectors:
             messages = conversations.new_messages([pipeline])[job.id]
             embedded = vectors.as_floats(job.vectors, DIMENSION)
-            records = conversation_records(pipeline, messages, summary, embedded)
-            get_memory_store(settings).upsert(records)
+            records = conversation_records(pipeline, messages, summary_to_index, embedded)
+            memory.upsert(records)
+        if summary_to_index is not None and not any(
+            record.kind == MemoryKind.SUMMARY for record in records
+        ):
+            # The summary that replaced the indexed one was not embedded: the old
+            # one's vector must not outlive it.
+            memory.delete(str(job.tenant_id), ids=[summary_record_id(pipeline)])
         result = {
             "conversation_id": pipeline.conversation_id,
             "messages": {"first_seq": pipeline.first_seq, "last_seq": pipeline.last_seq},

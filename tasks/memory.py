@@ -1,4 +1,4 @@
-"""Indexing embed jobs that asked for ``store`` (cpu queue).
+"""Indexing embed jobs that asked for ``store``, and forgetting records (cpu queue).
 
 The gpu worker stores their vectors on their rows and sends one message for
 all the jobs of a batch that finish together, so their vectors go to Milvus in
@@ -7,17 +7,18 @@ one upsert; then they are finished, in one statement.
 
 import logging
 
-from celery import Task
+from celery import Task, shared_task
 
 from config import get_settings
 from services import vectors
 from services.embedding import embedding_result
-from services.memory import embed_job_records
+from services.memory import embed_job_record_ids, embed_job_records
 from tasks.base import job_task
 from tasks.frame import JobFrame
+from tasks.retry import TRANSIENT_ERRORS, backoff_delay
 from vectorstore import get_memory_store
-from worker.messages import IndexMessage, read_message
-from worker.queues import TaskName
+from worker.messages import ForgetMessage, IndexMessage, read_message
+from worker.queues import TASK_QUEUES, TaskName
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +50,24 @@ def index_embed_jobs(task: Task, message: dict) -> None:
             }
         get_memory_store(settings).upsert(records)
         frame.succeed(results)
+
+
+@shared_task(
+    name=TaskName.FORGET_RECORDS.value,
+    queue=TASK_QUEUES[TaskName.FORGET_RECORDS].value,
+    bind=True,
+    ignore_result=True,
+    max_retries=None,
+)
+def forget_records(task: Task, message: dict) -> None:
+    """Delete the records of a deleted embed job; retried until Milvus confirms."""
+    forget = read_message([message])
+    assert isinstance(forget, ForgetMessage)
+    ids = embed_job_record_ids(forget.tenant_id, forget.job_id, forget.texts)
+    try:
+        deleted = get_memory_store(get_settings()).delete(str(forget.tenant_id), ids=ids)
+    except TRANSIENT_ERRORS as exc:
+        policy = get_settings().retry
+        delay = backoff_delay(task.request.retries, policy) or policy.backoff_max
+        raise task.retry(exc=exc, countdown=delay) from exc
+    log.info("records forgotten", extra={"records": deleted})

@@ -381,6 +381,28 @@ class MemoryStore:
         )
         return int(result[0]["count(*)"])
 
+    def snippets(self, tenant: str, *, batch: int = 1000) -> dict[str, str]:
+        """Every row of the tenant: its id and its text snippet, read a page at a time."""
+        expr = expressions.scope(tenant)
+
+        def read(client: MilvusClient) -> dict[str, str]:
+            pages = client.query_iterator(
+                self.collection,
+                batch_size=batch,
+                filter=expr,
+                output_fields=["text"],
+                timeout=self.timeout,
+            )
+            found: dict[str, str] = {}
+            try:
+                while page := pages.next():
+                    found.update((row["id"], row["text"]) for row in page)
+            finally:
+                pages.close()
+            return found
+
+        return self._call(read)
+
 
 _stores: "weakref.WeakSet[MemoryStore]" = weakref.WeakSet()
 _cache: dict[tuple[str, str, float], MemoryStore] = {}

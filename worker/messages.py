@@ -11,6 +11,7 @@ Messages on Celery queues (the argument of a task):
   sent to names the step.
 - ``IndexMessage``: index the vectors of finished embed jobs (cpu pool).
 - ``WebhookMessage``: POST a finished job's state to its ``callback_url`` (cpu pool).
+- ``ForgetMessage``: delete a deleted job's records from the index (cpu pool).
 
 Interactive requests to the gpu pool (``services.gpu_rpc``), outside Celery:
 
@@ -67,6 +68,15 @@ class WebhookMessage(_Message):
     job_id: uuid.UUID
 
 
+class ForgetMessage(_Message):
+    """Delete the records a deleted embed job indexed, one per text, from the search index."""
+
+    kind: Literal["forget"] = "forget"
+    tenant_id: uuid.UUID
+    job_id: uuid.UUID
+    texts: int = Field(ge=1)
+
+
 class _Interactive(_Message):
     """A request someone is waiting for: answered on ``reply_to`` before ``deadline``."""
 
@@ -92,7 +102,13 @@ class SearchRequest(_Interactive):
 
 
 Message = Annotated[
-    JobMessage | StepMessage | IndexMessage | WebhookMessage | EmbeddingsRequest | SearchRequest,
+    JobMessage
+    | StepMessage
+    | IndexMessage
+    | WebhookMessage
+    | ForgetMessage
+    | EmbeddingsRequest
+    | SearchRequest,
     Field(discriminator="kind"),
 ]
 InteractiveRequest = Annotated[EmbeddingsRequest | SearchRequest, Field(discriminator="kind")]

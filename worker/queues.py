@@ -19,6 +19,7 @@ class TaskName(StrEnum):
     SUMMARIZE = "tasks.summarize.summarize"
     # cpu
     INDEX_EMBED_JOBS = "tasks.memory.index_embed_jobs"
+    FORGET_RECORDS = "tasks.memory.forget_records"
     PERSIST_CONVERSATION = "tasks.conversation.persist"
     STORE_CONVERSATION = "tasks.conversation.store"
     DELIVER_WEBHOOK = "tasks.webhooks.deliver"
@@ -32,6 +33,7 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.EMBED: Queue.GPU,
     TaskName.SUMMARIZE: Queue.GPU,
     TaskName.INDEX_EMBED_JOBS: Queue.CPU,
+    TaskName.FORGET_RECORDS: Queue.CPU,
     TaskName.PERSIST_CONVERSATION: Queue.CPU,
     TaskName.STORE_CONVERSATION: Queue.CPU,
     TaskName.DELIVER_WEBHOOK: Queue.CPU,
