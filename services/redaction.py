@@ -10,8 +10,8 @@ python-stdnum's validators (IBAN mod 97 and per-country length, Luhn, the AHV
 number's EAN-13 digit); phone numbers by Google's libphonenumber
 (``phonenumbers``), which knows every country's numbering plan, so a date or
 an order number is not taken for a phone number. Nothing here loads a model:
-a text costs microseconds, and one with fewer than seven digits and no ``@``
-is not scanned at all.
+a short text costs microseconds, and one without a run of seven digits and
+without an ``@`` is only looked at, not searched.
 """
 
 import re
@@ -37,22 +37,25 @@ _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{1,4}){3,8}
 _IBAN_GROUP = re.compile(r" ?[A-Za-z0-9]{1,4}")
 # 756.xxxx.xxxx.xx, with dots, spaces or nothing between the groups.
 _AHV = re.compile(r"(?<![\d.])756([. ]?)\d{4}\1\d{4}\1\d{2}(?![\d])")
-# 13 to 19 digits, in groups separated by single spaces or hyphens.
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])")
-_DIGITS = re.compile(r"\d")
-# Fewer digits than this in a whole text: no number of any kind here can be in it.
-_MIN_DIGITS = 7
+# 13 to 19 digits, in groups separated by single spaces or hyphens. No card number
+# starts with 0, and none follows a +: 0041 44 668 18 00 is a phone number.
+_CARD = re.compile(r"(?<![\d+-])[1-9](?:[ -]?\d){12,18}(?![\d])")
+# Seven digits or more, with at most two separators between two of them, and a
+# leading + or (: where a phone number can be (the shortest are 7 digits long).
+# Every IBAN, card and AHV number holds such a run too: a text without one is
+# not searched for numbers at all.
+_NUMBER_RUN = re.compile(r"[+(]?\d(?:[ \t./()-]{0,2}\d){6,}\)?")
 
 Span = tuple[int, int, str]
 
 
-def _emails(text: str, region: str) -> Iterator[Span]:
+def _emails(text: str, region: str, taken: list[Span]) -> Iterator[Span]:
     if "@" in text:
         for match in _EMAIL.finditer(text):
             yield match.start(), match.end(), EMAIL
 
 
-def _ibans(text: str, region: str) -> Iterator[Span]:
+def _ibans(text: str, region: str, taken: list[Span]) -> Iterator[Span]:
     position = 0
     while match := _IBAN.search(text, position):
         # The longest run of groups that is a valid IBAN: the words after it are not
@@ -65,43 +68,51 @@ def _ibans(text: str, region: str) -> Iterator[Span]:
         position = end or start + 1
 
 
-def _ahv_numbers(text: str, region: str) -> Iterator[Span]:
+def _ahv_numbers(text: str, region: str, taken: list[Span]) -> Iterator[Span]:
     for match in _AHV.finditer(text):
         if ssn.is_valid(match.group()):
             yield match.start(), match.end(), AHV
 
 
-def _cards(text: str, region: str) -> Iterator[Span]:
+def _cards(text: str, region: str, taken: list[Span]) -> Iterator[Span]:
     for match in _CARD.finditer(text):
         if luhn.is_valid(re.sub(r"[ -]", "", match.group())):
             yield match.start(), match.end(), CREDIT_CARD
 
 
-def _phones(text: str, region: str) -> Iterator[Span]:
-    for match in phonenumbers.PhoneNumberMatcher(text, region, phonenumbers.Leniency.VALID):
-        yield match.start, match.end, PHONE
+def _phones(text: str, region: str, taken: list[Span]) -> Iterator[Span]:
+    # libphonenumber's matcher is slow (~0.1 ms for a phone number, ~0.3 ms for a
+    # run of digits that is none): it is given only the runs of digits that could
+    # hold a phone number and are not already taken, with the character on each
+    # side (it refuses a number glued to a letter), never the whole text.
+    for candidate in _NUMBER_RUN.finditer(text):
+        if any(start <= candidate.start() and candidate.end() <= end for start, end, _ in taken):
+            continue
+        offset = max(candidate.start() - 1, 0)
+        window = text[offset : candidate.end() + 1]
+        for match in phonenumbers.PhoneNumberMatcher(window, region, phonenumbers.Leniency.VALID):
+            yield offset + match.start, offset + match.end, PHONE
 
 
-# In this order: a span found first wins over one that overlaps it. Phone numbers
-# come before card numbers: 0041 44 668 18 00 has 13 digits and may pass Luhn,
-# while libphonenumber takes no card number (none starts with 0 or +) for a phone.
-_FINDERS: tuple[tuple[Callable[[str, str], Iterator[Span]], bool], ...] = (
+# In this order: a span found first wins over one that overlaps it, and the
+# phone numbers, the slowest to find, are looked for last, outside the others.
+_FINDERS: tuple[tuple[Callable[[str, str, list[Span]], Iterator[Span]], bool], ...] = (
     (_emails, False),
     (_ibans, True),
     (_ahv_numbers, True),
-    (_phones, True),
     (_cards, True),
+    (_phones, True),
 )
 
 
 def find_pii(text: str, region: str = "CH") -> list[Span]:
     """``(start, end, placeholder)`` of each piece of PII in ``text``, in order."""
-    has_numbers = len(_DIGITS.findall(text)) >= _MIN_DIGITS
+    has_numbers = _NUMBER_RUN.search(text) is not None
     spans: list[Span] = []
     for finder, needs_digits in _FINDERS:
         if needs_digits and not has_numbers:
             continue
-        for span in finder(text, region):
+        for span in finder(text, region, spans):
             if not any(span[0] < end and start < span[1] for start, end, _ in spans):
                 spans.append(span)
     return sorted(spans)
