@@ -6,6 +6,7 @@ import sys
 import click
 from flask import current_app
 
+from config.encryption import EncryptionError
 from services.encryption import reencrypt
 from services.tenants import TenantNotFound, create_api_key, set_redaction
 
@@ -48,7 +49,10 @@ def reencrypt_command(batch_size: int) -> None:
     ENCRYPTION_KEYS: legacy plaintext rows and rows under older keys. Safe to run
     while the stack serves, and again after an interruption."""
     settings = current_app.extensions["convoq.settings"]
-    result = reencrypt(settings.database_url, batch_size)
+    try:
+        result = reencrypt(settings.database_url, batch_size)
+    except EncryptionError as exc:
+        raise click.ClickException(f"{exc}; the rows rewritten so far stay rewritten") from exc
     for table, count in result.rewritten.items():
         print(f"{table}: {count} rows rewritten under key {result.kid!r}")
     left = {table: count for table, count in result.remaining.items() if count}

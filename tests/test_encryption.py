@@ -174,6 +174,8 @@ def test_rotation_keeps_old_rows_readable_and_reencrypt_moves_them(scratch_datab
     configure_encryption(KeyRing.parse(f"old:{old}"))
     with pytest.raises(UnknownKeyId, match="'new'"):
         _texts(url)
+    with pytest.raises(UnknownKeyId, match="'new'"):
+        reencrypt(url)
     # Tampering is detected, not read as text.
     configure_encryption(KeyRing.parse(f"new:{new}"))
     with transaction(url) as connection:
