@@ -14,6 +14,7 @@ a short text costs microseconds, and one without a run of seven digits and
 without an ``@`` is only looked at, not searched.
 """
 
+import bisect
 import re
 from collections.abc import Callable, Iterator
 
@@ -49,13 +50,38 @@ _NUMBER_RUN = re.compile(r"[+(]?\d(?:[ \t./()-]{0,2}\d){6,}\)?")
 Span = tuple[int, int, str]
 
 
-def _emails(text: str, region: str, taken: list[Span]) -> Iterator[Span]:
+class _Taken:
+    """The spans found so far, sorted and never overlapping: what a text holds is
+    looked up in log time (a text may hold thousands of e-mail addresses)."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+
+    def _neighbours(self, start: int) -> tuple[Span | None, Span | None]:
+        index = bisect.bisect_left(self.spans, (start,))
+        before = self.spans[index - 1] if index > 0 else None
+        after = self.spans[index] if index < len(self.spans) else None
+        return before, after
+
+    def overlaps(self, start: int, end: int) -> bool:
+        before, after = self._neighbours(start)
+        return (before is not None and before[1] > start) or (after is not None and after[0] < end)
+
+    def covers(self, start: int, end: int) -> bool:
+        before, _ = self._neighbours(start + 1)
+        return before is not None and before[0] <= start and end <= before[1]
+
+    def add(self, span: Span) -> None:
+        bisect.insort(self.spans, span)
+
+
+def _emails(text: str, region: str, taken: _Taken) -> Iterator[Span]:
     if "@" in text:
         for match in _EMAIL.finditer(text):
             yield match.start(), match.end(), EMAIL
 
 
-def _ibans(text: str, region: str, taken: list[Span]) -> Iterator[Span]:
+def _ibans(text: str, region: str, taken: _Taken) -> Iterator[Span]:
     position = 0
     while match := _IBAN.search(text, position):
         # The longest run of groups that is a valid IBAN: the words after it are not
@@ -68,25 +94,25 @@ def _ibans(text: str, region: str, taken: list[Span]) -> Iterator[Span]:
         position = end or start + 1
 
 
-def _ahv_numbers(text: str, region: str, taken: list[Span]) -> Iterator[Span]:
+def _ahv_numbers(text: str, region: str, taken: _Taken) -> Iterator[Span]:
     for match in _AHV.finditer(text):
         if ssn.is_valid(match.group()):
             yield match.start(), match.end(), AHV
 
 
-def _cards(text: str, region: str, taken: list[Span]) -> Iterator[Span]:
+def _cards(text: str, region: str, taken: _Taken) -> Iterator[Span]:
     for match in _CARD.finditer(text):
         if luhn.is_valid(re.sub(r"[ -]", "", match.group())):
             yield match.start(), match.end(), CREDIT_CARD
 
 
-def _phones(text: str, region: str, taken: list[Span]) -> Iterator[Span]:
+def _phones(text: str, region: str, taken: _Taken) -> Iterator[Span]:
     # libphonenumber's matcher is slow (~0.1 ms for a phone number, ~0.3 ms for a
     # run of digits that is none): it is given only the runs of digits that could
     # hold a phone number and are not already taken, with the character on each
     # side (it refuses a number glued to a letter), never the whole text.
     for candidate in _NUMBER_RUN.finditer(text):
-        if any(start <= candidate.start() and candidate.end() <= end for start, end, _ in taken):
+        if taken.covers(candidate.start(), candidate.end()):
             continue
         offset = max(candidate.start() - 1, 0)
         window = text[offset : candidate.end() + 1]
@@ -96,7 +122,7 @@ def _phones(text: str, region: str, taken: list[Span]) -> Iterator[Span]:
 
 # In this order: a span found first wins over one that overlaps it, and the
 # phone numbers, the slowest to find, are looked for last, outside the others.
-_FINDERS: tuple[tuple[Callable[[str, str, list[Span]], Iterator[Span]], bool], ...] = (
+_FINDERS: tuple[tuple[Callable[[str, str, _Taken], Iterator[Span]], bool], ...] = (
     (_emails, False),
     (_ibans, True),
     (_ahv_numbers, True),
@@ -108,14 +134,14 @@ _FINDERS: tuple[tuple[Callable[[str, str, list[Span]], Iterator[Span]], bool], .
 def find_pii(text: str, region: str = "CH") -> list[Span]:
     """``(start, end, placeholder)`` of each piece of PII in ``text``, in order."""
     has_numbers = _NUMBER_RUN.search(text) is not None
-    spans: list[Span] = []
+    taken = _Taken()
     for finder, needs_digits in _FINDERS:
         if needs_digits and not has_numbers:
             continue
-        for span in finder(text, region, spans):
-            if not any(span[0] < end and start < span[1] for start, end, _ in spans):
-                spans.append(span)
-    return sorted(spans)
+        for span in finder(text, region, taken):
+            if not taken.overlaps(span[0], span[1]):
+                taken.add(span)
+    return taken.spans
 
 
 def redact(text: str, region: str = "CH") -> str:
