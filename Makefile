@@ -42,6 +42,7 @@ bench: $(INSTALLED)
 	$(PY) -m bench.summarize
 	$(PY) -m bench.autoscale
 	$(PY) -m bench.backends
+	$(PY) -m bench.privacy
 	$(PY) -m bench.soak --minutes 2
 
 clean:

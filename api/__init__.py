@@ -2,7 +2,12 @@
 
 from flask_openapi3 import Info, OpenAPI
 
-from api.cli import check_memory_command, create_key_command
+from api.cli import (
+    check_memory_command,
+    create_key_command,
+    reencrypt_command,
+    set_redaction_command,
+)
 from api.content import StrictJSONProvider
 from api.conversations import conversations_api
 from api.embeddings import embeddings_api
@@ -16,7 +21,10 @@ from api.queues import queues_api
 from api.search import search_api
 from api.webhooks import webhooks_api
 from config import Settings, get_settings
+from config.encryption import load_key_ring
 from config.logs import configure_logging
+from models.db import application_name
+from models.encryption import configure_encryption
 from services.jobs import JobStore
 from services.notify import finished_notifier
 from services.webhooks import WebhookSender
@@ -50,6 +58,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     """Build the Flask app (and its Celery app) from ``settings`` or the environment."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    # Before anything else: a process that would store text in clear does not start.
+    configure_encryption(load_key_ring(settings, application_name()))
     app = ConvoqOpenAPI(
         __name__,
         info=Info(
@@ -90,4 +100,6 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.add_url_rule("/docs", "docs", app.view_functions["swagger.swagger"])
     app.cli.add_command(create_key_command)
     app.cli.add_command(check_memory_command)
+    app.cli.add_command(set_redaction_command)
+    app.cli.add_command(reencrypt_command)
     return app

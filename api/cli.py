@@ -6,7 +6,9 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from services.tenants import create_api_key, tenant_id_of
+from config.encryption import EncryptionError
+from services.encryption import reencrypt
+from services.tenants import TenantNotFound, create_api_key, set_redaction, tenant_id_of
 
 
 @click.command("create-key")
@@ -48,3 +50,38 @@ def check_memory_command(tenant: str, repair: bool) -> None:
         print(f"deleted {len(audit.stale)} stale vectors")
     elif not audit.agrees:
         sys.exit(1)
+
+
+@click.command("set-redaction")
+@click.option("--tenant", required=True, help="The tenant's name.")
+@click.argument("state", type=click.Choice(["on", "off"]))
+def set_redaction_command(tenant: str, state: str) -> None:
+    """Turn PII redaction on or off for TENANT: with it on, e-mail addresses, phone
+    numbers, IBANs, card and AHV numbers in its texts are replaced by placeholders
+    before anything is stored or embedded. What was stored before is not changed."""
+    settings = current_app.extensions["convoq.settings"]
+    try:
+        set_redaction(settings.database_url, tenant.strip(), state == "on", actor="cli")
+    except TenantNotFound as exc:
+        raise click.BadParameter(f"no tenant named {tenant!r}", param_hint="--tenant") from exc
+    print(f"PII redaction is {state} for tenant {tenant.strip()!r} (API processes: within 10 s)")
+
+
+@click.command("reencrypt")
+@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 10_000))
+def reencrypt_command(batch_size: int) -> None:
+    """Rewrite stored message and summary text under the current (first) key of
+    ENCRYPTION_KEYS: legacy plaintext rows and rows under older keys. Safe to run
+    while the stack serves, and again after an interruption."""
+    settings = current_app.extensions["convoq.settings"]
+    try:
+        result = reencrypt(settings.database_url, batch_size)
+    except EncryptionError as exc:
+        raise click.ClickException(f"{exc}; the rows rewritten so far stay rewritten") from exc
+    for table, count in result.rewritten.items():
+        print(f"{table}: {count} rows rewritten under key {result.kid!r}")
+    left = {table: count for table, count in result.remaining.items() if count}
+    if left:
+        print(f"still under another key (written meanwhile; run again): {left}")
+        sys.exit(1)
+    print(f"every row is under key {result.kid!r}: older keys can be removed")

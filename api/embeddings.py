@@ -30,6 +30,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from api.auth import current_principal, require_api_key
 from api.content import require_json_body
 from api.errors import ApiError, OpenAIErrorResponse, gpu_pool_errors
+from api.redaction import tenant_redactor
 from api.schemas import EmbeddingsIn, EmbeddingsOut
 from config import Settings
 from services import gpu_rpc, vectors
@@ -117,10 +118,11 @@ def create_embeddings(body: EmbeddingsIn) -> Response:
             f"{', '.join(repr(name) for name in names)}",
             details=[{"field": "model", "message": "unknown model", "type": "model_not_found"}],
         )
+    clean = tenant_redactor()
     with gpu_pool_errors("embeddings", "embeddings_timeout"):
         reply = gpu_rpc.embed_texts(
             settings.redis_url,
-            body.input,
+            [clean(text) for text in body.input],
             tenant=str(current_principal().tenant_id),
             timeout=settings.embeddings_timeout,
         )

@@ -14,6 +14,7 @@ from sqlalchemy import Row
 from api.auth import current_principal, require_api_key
 from api.content import require_json_body
 from api.errors import ApiError, ErrorResponse
+from api.redaction import redact_metadata, tenant_redactor
 from api.schemas import (
     AcceptedBatchOut,
     AcceptedJobOut,
@@ -220,6 +221,9 @@ def _callback_url(url: str | None, field_prefix: str = "") -> str | None:
 
 def _embed_job(body: EmbedJobIn, field_prefix: str = "") -> NewJob:
     params = body.model_dump(exclude={"type", "callback_url"})
+    clean = tenant_redactor()
+    params["texts"] = [clean(text) for text in params["texts"]]
+    params["metadata"] = redact_metadata(params["metadata"], clean)
     callback_url = _callback_url(body.callback_url, field_prefix)
     return NewJob(JobType.EMBED, params, total=len(body.texts), callback_url=callback_url)
 
@@ -239,16 +243,20 @@ def _summary_params(body: SummaryLengths, field_prefix: str = "") -> dict[str, A
 
 
 def _summarize_job(body: SummarizeJobIn, field_prefix: str = "") -> NewJob:
-    params = {"text": body.text, **_summary_params(body, field_prefix)}
+    params = {"text": tenant_redactor()(body.text), **_summary_params(body, field_prefix)}
     callback_url = _callback_url(body.callback_url, field_prefix)
     return NewJob(JobType.SUMMARIZE, params, total=1, callback_url=callback_url)
 
 
 def _conversation_job(body: ConversationJobIn, field_prefix: str = "") -> NewJob:
+    clean = tenant_redactor()
+    messages = [message.model_dump() for message in body.messages]
+    for message in messages:
+        message["content"] = clean(message["content"])
     params = {
         "conversation_id": body.conversation_id,
         "user_id": body.user_id,
-        "messages": [message.model_dump() for message in body.messages],
+        "messages": messages,
         "summarize": body.summarize,
         "embed": body.embed,
         **_summary_params(body, field_prefix),

@@ -8,6 +8,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from api.auth import current_principal, require_api_key
 from api.content import require_json_body
 from api.errors import ErrorResponse, gpu_pool_errors
+from api.redaction import tenant_redactor
 from api.schemas import SearchHitOut, SearchIn, SearchOut
 from services import gpu_rpc
 
@@ -44,7 +45,7 @@ def search(body: SearchIn) -> tuple[Response, int]:
     with gpu_pool_errors("search", "query_embedding_timeout"):
         reply = gpu_rpc.search(
             settings.redis_url,
-            body.query,
+            tenant_redactor()(body.query),
             tenant=str(current_principal().tenant_id),
             top_k=body.top_k,
             user_id=body.filter.user_id,

@@ -36,6 +36,11 @@ LOG_DIR = ROOT / ".devstack" / "bench"
 
 
 def bench_settings() -> Settings:
+    """The benchmarks' own databases; without an encryption key configured, the key
+    file make run would write, in the benchmarks' data directory, for every process."""
+    if not os.environ.get("ENCRYPTION_KEYS") and not os.environ.get("ENCRYPTION_KEY_FILE"):
+        key_file = LocalStack(Settings(), LOG_DIR).encryption_key_file()
+        os.environ["ENCRYPTION_KEY_FILE"] = str(key_file)
     base = Settings()
     return base.model_copy(
         update={

@@ -32,6 +32,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 from gunicorn import glogging  # noqa: E402
 
 from config import get_settings, metrics  # noqa: E402
+from config.encryption import EncryptionError, load_key_ring  # noqa: E402
 
 _settings = get_settings()
 
@@ -97,7 +98,12 @@ logger_class = Logger
 
 
 def on_starting(server: object) -> None:
-    """Before the first worker forks: start the metrics of this run from empty."""
+    """Before the first worker forks: refuse to start without an encryption key (one
+    clear line, not a traceback per worker), and start the metrics from empty."""
+    try:
+        load_key_ring(_settings, "the convoq API (gunicorn)")
+    except EncryptionError as exc:
+        raise SystemExit(f"Error: {exc}") from None
     metrics.reset_multiprocess_dir()
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from limits import parse_many
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -222,6 +222,16 @@ class Settings(BaseSettings):
     embedding_dimensions: PositiveInt = 384
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Message and summary text is encrypted at rest (models/encryption.py) with
+    # these keys, "kid2:<key>,kid1:<key>": the first encrypts, all decrypt. Or
+    # the same text in encryption_key_file. With neither, processes built by
+    # create_app() refuse to start; make run writes a key file of its own.
+    encryption_keys: SecretStr | None = None
+    encryption_key_file: Path | None = None
+    # PII redaction (services/redaction.py): national phone numbers, written
+    # without a +country prefix, are read as numbers of this region.
+    redaction_phone_region: str = "CH"
 
     # gunicorn, for the API (config/gunicorn.py). "gevent": each worker process
     # serves up to api_worker_connections requests at once, one greenlet each,

@@ -2,7 +2,9 @@
 
 Starts Redis, PostgreSQL and Milvus Lite where nothing answers at their URLs,
 migrates the database, creates the Milvus collection, prints a local API key
-and Flower's credentials (``FLOWER_BASIC_AUTH``, generated when unset), then
+and Flower's credentials (``FLOWER_BASIC_AUTH``, generated when unset), writes
+an encryption key file when neither ``ENCRYPTION_KEYS`` nor
+``ENCRYPTION_KEY_FILE`` is set (and logs its path), then
 runs the ``Procfile`` under supervisord (devstack/supervise.py), which starts
 again any process that dies. Ctrl-C or SIGTERM stops the processes, then the
 embedded servers.
@@ -81,6 +83,9 @@ def run(data_dir: Path) -> int:
         flower_auth = "from FLOWER_BASIC_AUTH"
         if "FLOWER_BASIC_AUTH" not in env:
             flower_auth = env["FLOWER_BASIC_AUTH"] = stack.flower_credentials()
+        # Production refuses to start without a key; the local run makes one.
+        if not env.get("ENCRYPTION_KEYS", "").strip() and not env.get("ENCRYPTION_KEY_FILE"):
+            env["ENCRYPTION_KEY_FILE"] = str(stack.encryption_key_file().resolve())
         env.setdefault("CONVOQ_METRICS_DIR", str(data_dir.resolve() / "metrics"))
         env["CONVOQ_DATA_DIR"] = str(data_dir.resolve())
         for name, value in LOCAL_RUN_DEFAULTS.items():

@@ -11,6 +11,7 @@ from alembic import command
 from alembic.config import Config
 
 from config import Settings
+from config.encryption import generate_key
 from devstack.services import (
     EmbeddedService,
     ensure_database,
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = ROOT / ".devstack"
 LOCAL_TENANT = "local"
 FLOWER_USER = "convoq"
+ENCRYPTION_KEY_FILE = "encryption-keys"
 
 
 def migrate(database_url: str) -> None:
@@ -102,6 +104,20 @@ class LocalStack:
         credentials = f"{FLOWER_USER}:{secrets.token_urlsafe(18)}"
         self._write_secret(path.name, credentials)
         return credentials
+
+    def encryption_key_file(self) -> Path:
+        """The local run's encryption key file, written on first use: message and summary
+        text is encrypted with it, and cannot be read without it (keep it with the data)."""
+        path = self.data_dir / ENCRYPTION_KEY_FILE
+        if not path.exists():
+            self._write_secret(path.name, f"local1:{generate_key()}")
+            log.warning(
+                "no encryption key configured: created %s; keep it with the data directory, "
+                "the stored text cannot be read without it",
+                path,
+                extra={"path": str(path)},
+            )
+        return path
 
     def local_api_key(self) -> str:
         """The local tenant's key, kept in the data directory and created on first use."""

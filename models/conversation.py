@@ -3,10 +3,11 @@
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, created_at_column
+from models.encryption import EncryptedText
 
 
 class Conversation(Base):
@@ -55,7 +56,8 @@ class Message(Base):
     )
     seq: Mapped[int]
     role: Mapped[str] = mapped_column(String(16))
-    content: Mapped[str] = mapped_column(Text)
+    # Encrypted at rest: reads and writes through this column see the plaintext.
+    content: Mapped[str] = mapped_column(EncryptedText("messages.content"))
     # The job that posted the message: a redelivered job finds its messages
     # already stored instead of appending them twice.
     job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
@@ -77,7 +79,7 @@ class Summary(Base):
         ForeignKey("conversations.id", ondelete="CASCADE")
     )
     upto_seq: Mapped[int]
-    text: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(EncryptedText("summaries.text"))
     method: Mapped[str] = mapped_column(String(32))
     model: Mapped[str | None] = mapped_column(String(255))
     input_tokens: Mapped[int | None]

@@ -3,7 +3,7 @@
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, String, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, created_at_column
@@ -17,6 +17,9 @@ class Tenant(Base):
     created_at: Mapped[datetime] = created_at_column()
     # Signs the tenant's webhooks (``whsec_`` + base64), made on first use.
     webhook_secret: Mapped[str | None] = mapped_column(String(64))
+    # PII (e-mail addresses, phone numbers, IBANs, card and AHV numbers) in the
+    # tenant's texts is replaced by placeholders before it is stored or embedded.
+    redact_pii: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     api_keys: Mapped[list["ApiKey"]] = relationship(back_populates="tenant")
 

@@ -21,6 +21,8 @@ class Principal:
     tenant_id: uuid.UUID
     tenant_name: str
     key_prefix: str
+    # Read with the key, in the same query: redaction costs no lookup of its own.
+    redact_pii: bool = False
 
 
 def hash_key(key: str) -> str:
@@ -45,14 +47,40 @@ def create_api_key(database_url: str, tenant_name: str, *, actor: str) -> tuple[
                 target_id=prefix,
             )
         )
-        return Principal(tenant.id, tenant.name, prefix), key
+        return Principal(tenant.id, tenant.name, prefix, tenant.redact_pii), key
+
+
+class TenantNotFound(LookupError):
+    pass
+
+
+def set_redaction(database_url: str, tenant_name: str, enabled: bool, *, actor: str) -> None:
+    """Turn PII redaction on or off for a tenant, recorded in the audit log. API
+    processes see the change within their key cache's lifetime (api/auth.py, 10 s)."""
+    with session_scope(database_url) as session:
+        tenant = session.scalars(
+            select(Tenant).where(Tenant.name == tenant_name).with_for_update()
+        ).one_or_none()
+        if tenant is None:
+            raise TenantNotFound(tenant_name)
+        tenant.redact_pii = enabled
+        session.add(
+            AuditLog(
+                tenant_id=tenant.id,
+                actor=actor,
+                action="tenant.redact_pii",
+                target_type="tenant",
+                target_id=tenant.name,
+                details={"enabled": enabled},
+            )
+        )
 
 
 def authenticate(database_url: str, key: str) -> Principal | None:
     """The principal for a key, or None when the key is unknown or revoked."""
     with session_scope(database_url) as session:
         row = session.execute(
-            select(Tenant.id, Tenant.name, ApiKey.prefix)
+            select(Tenant.id, Tenant.name, ApiKey.prefix, Tenant.redact_pii)
             .join(ApiKey.tenant)
             .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
         ).one_or_none()

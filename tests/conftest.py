@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 
+from config.encryption import generate_key
 from tests.support import default_test_milvus_uri
 
 os.environ.setdefault(
@@ -32,6 +33,11 @@ os.environ["REDIS_URL"] = os.environ["TEST_REDIS_URL"]
 os.environ["MILVUS_URI"] = os.environ["TEST_MILVUS_URI"]
 os.environ["MILVUS_COLLECTION"] = os.environ["TEST_MILVUS_COLLECTION"]
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Every convoq process refuses to start without an encryption key: one for the
+# session, which the workers and API servers it starts inherit (subprocess_env).
+os.environ.setdefault("TEST_ENCRYPTION_KEYS", f"test1:{generate_key()}")
+os.environ["ENCRYPTION_KEYS"] = os.environ["TEST_ENCRYPTION_KEYS"]
+os.environ.pop("ENCRYPTION_KEY_FILE", None)
 
 from api import create_app
 from config import Settings

@@ -265,6 +265,9 @@ def test_compose_runs_the_documented_commands():
     assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
     assert compose_environment(services["api"])["API_BIND"] == "0.0.0.0:8000"
     assert compose_environment(services["flower"])["FLOWER_BASIC_AUTH"].startswith("convoq:")
+    # No encryption key, no stack: compose refuses (${ENCRYPTION_KEYS:?...}) in every process.
+    for name in ("migrate", "api", "worker-gpu", "worker-cpu", "beat", "flower"):
+        assert compose_environment(services[name])["ENCRYPTION_KEYS"] == "set-in-the-environment"
     assert services["milvus"]["command"] == ["milvus", "run", "standalone"]
     assert "localhost:9091/healthz" in " ".join(services["milvus"]["healthcheck"]["test"])
     assert services["etcd"]["image"].startswith("quay.io/coreos/etcd:")
@@ -580,7 +583,7 @@ def test_the_required_objects_exist():
     assert set(objects("Deployment")) == {f"convoq-{name}" for name in PROCESSES}
     assert set(objects("ScaledObject")) == {"convoq-worker-gpu", "convoq-worker-cpu"}
     assert set(objects("ScaledObject", K8S / "fallback")) == set(objects("ScaledObject"))
-    assert {"DATABASE_URL", "REDIS_URL", "FLOWER_BASIC_AUTH"} <= set(
+    assert {"DATABASE_URL", "REDIS_URL", "FLOWER_BASIC_AUTH", "ENCRYPTION_KEYS"} <= set(
         objects("Secret")["convoq-secrets"]["stringData"]
     )
     service_ports = {

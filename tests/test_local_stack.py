@@ -186,6 +186,9 @@ def test_local_stack_starts_embedded_servers_and_ctrl_c_stops_everything(tmp_pat
         WORKER_GPU_METRICS_PORT=str(worker_metrics["gpu"]),
     )
     env.pop("FLOWER_BASIC_AUTH", None)
+    # No encryption key: make run writes one, and every process it starts reads it.
+    env.pop("ENCRYPTION_KEYS", None)
+    env.pop("ENCRYPTION_KEY_FILE", None)
     log_path = tmp_path / "stack.log"
     markers = [str(data_dir), redis_url.split("//")[1].split("/")[0]]
     with log_path.open("wb") as log:
@@ -212,6 +215,7 @@ def test_local_stack_starts_embedded_servers_and_ctrl_c_stops_everything(tmp_pat
         milvus.close()
         key = (data_dir / "local-api-key").read_text().strip()
         assert f"CONVOQ_KEY={key}" in log_path.read_text()
+        assert f"created {data_dir / 'encryption-keys'}" in log_path.read_text()
         headers = {"Authorization": f"Bearer {key}"}
         response = requests.post(
             f"{base}/v1/jobs/embed", json={"texts": ["hello world", "Grüezi"]}, headers=headers
