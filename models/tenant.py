@@ -3,7 +3,7 @@
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import CheckConstraint, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, created_at_column
@@ -11,12 +11,16 @@ from models.base import Base, created_at_column
 
 class Tenant(Base):
     __tablename__ = "tenants"
+    __table_args__ = (CheckConstraint("retention_days >= 0", name="retention_days_non_negative"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = created_at_column()
     # Signs the tenant's webhooks (``whsec_`` + base64), made on first use.
     webhook_secret: Mapped[str | None] = mapped_column(String(64))
+    # Days its data is kept (services/retention.py). None: the deployment's
+    # RETENTION_DAYS; 0: kept forever, whatever RETENTION_DAYS says.
+    retention_days: Mapped[int | None]
 
     api_keys: Mapped[list["ApiKey"]] = relationship(back_populates="tenant")
 

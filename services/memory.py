@@ -13,12 +13,27 @@ from services.conversations import ConversationJob
 from vectorstore import MemoryKind, MemoryRecord, memory_id
 
 
+def embed_record_id(tenant_id: str, job_id: str, position: int) -> str:
+    """The record of an embed job's ``position``-th text."""
+    return memory_id(tenant_id, f"job:{job_id}", position)
+
+
+def message_record_id(tenant_id: str, conversation_id: str, seq: int) -> str:
+    """The record of a conversation's message ``seq`` (the caller's conversation id)."""
+    return memory_id(tenant_id, f"conversation:{conversation_id}:message", seq)
+
+
+def summary_record_id(tenant_id: str, conversation_id: str) -> str:
+    """The record of a conversation's summary: one per conversation, the latest."""
+    return memory_id(tenant_id, f"conversation:{conversation_id}:summary", 0)
+
+
 def embed_job_records(job: Row, vectors: Sequence[Sequence[float]]) -> list[MemoryRecord]:
     """One ``text`` record per text of an embed job that asked for ``store``."""
     params: dict[str, Any] = job.params
     return [
         MemoryRecord(
-            id=memory_id(str(job.tenant_id), f"job:{job.id}", position),
+            id=embed_record_id(str(job.tenant_id), str(job.id), position),
             tenant=str(job.tenant_id),
             user_id=params.get("user_id"),
             conversation_id=params.get("conversation_id"),
@@ -43,7 +58,6 @@ def conversation_records(
     embedded. The summary's id depends only on the conversation, so a new
     summary replaces the last one in the index.
     """
-    source = f"conversation:{job.conversation_id}"
     common = {
         "tenant": str(job.tenant_id),
         "user_id": job.user_id,
@@ -51,7 +65,7 @@ def conversation_records(
     }
     records = [
         MemoryRecord(
-            id=memory_id(str(job.tenant_id), f"{source}:message", seq),
+            id=message_record_id(str(job.tenant_id), job.conversation_id, seq),
             kind=MemoryKind.MESSAGE,
             text=text,
             vector=vector,
@@ -64,7 +78,7 @@ def conversation_records(
     if summary is not None and summary["text"] and len(vectors) > len(messages):
         records.append(
             MemoryRecord(
-                id=memory_id(str(job.tenant_id), f"{source}:summary", 0),
+                id=summary_record_id(str(job.tenant_id), job.conversation_id),
                 kind=MemoryKind.SUMMARY,
                 text=summary["text"],
                 vector=vectors[len(messages)],
