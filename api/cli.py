@@ -12,6 +12,7 @@ import sys
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 
 from services.tenants import (
     AmbiguousPrefix,
@@ -28,6 +29,7 @@ def _database_url() -> str:
 
 
 @click.command("create-key")
+@with_appcontext
 @click.option("--tenant", required=True, help="The tenant's name; created if it is new.")
 def create_key_command(tenant: str) -> None:
     """Create an API key for TENANT and print it once (it is stored only hashed)."""
@@ -43,6 +45,7 @@ def create_key_command(tenant: str) -> None:
 
 
 @click.command("revoke-key")
+@with_appcontext
 @click.option("--prefix", required=True, help="The key's first 12 characters (cvq_ and 8 more).")
 @click.option("--tenant", default=None, help="The key's tenant, when two keys share a prefix.")
 def revoke_key_command(prefix: str, tenant: str | None) -> None:
@@ -62,6 +65,7 @@ def revoke_key_command(prefix: str, tenant: str | None) -> None:
 
 
 @click.command("set-retention")
+@with_appcontext
 @click.option("--tenant", required=True, help="The tenant's name.")
 @click.option("--days", type=click.IntRange(min=1), help="Purge its data older than this.")
 @click.option("--forever", is_flag=True, help="Keep its data forever, whatever RETENTION_DAYS.")

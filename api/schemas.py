@@ -6,12 +6,14 @@ documented limits are the enforced ones.
 
 import copy
 import functools
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -804,6 +806,17 @@ class UserExportOut(BaseModel):
 # -- GET /v1/audit ------------------------------------------------------------------
 
 
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)")
+
+
+def _rfc3339(value: Any) -> Any:
+    """A date-time as RFC 3339 writes it (offset included): pydantic alone would also
+    read numbers as Unix times, and dates without a time."""
+    if isinstance(value, str) and not _RFC3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time, such as 2026-01-31T12:00:00Z")
+    return value
+
+
 class AuditQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -813,8 +826,8 @@ class AuditQuery(BaseModel):
         max_length=64,
         description="Only this action, for example `user.export` or `api_key.revoke`.",
     )
-    since: datetime | None = Field(
-        None, description="Only entries at or after this time (UTC when it has no offset)."
+    since: Annotated[AwareDatetime, BeforeValidator(_rfc3339)] | None = Field(
+        None, description="Only entries at or after this time."
     )
     cursor: str | None = Field(
         None,

@@ -11,7 +11,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, and_, bindparam, insert, or_, select
@@ -89,7 +89,7 @@ def entries(
     if action is not None:
         conditions.append(AUDIT.c.action == action)
     if since is not None:
-        conditions.append(AUDIT.c.at >= (since if since.tzinfo else since.replace(tzinfo=UTC)))
+        conditions.append(AUDIT.c.at >= since)
     if cursor is not None:
         at, last_id = decode_cursor(cursor)
         conditions.append(or_(AUDIT.c.at < at, and_(AUDIT.c.at == at, AUDIT.c.id < last_id)))

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Row, Select, String, and_, any_, bindparam, cast, or_, select, tuple_
+from sqlalchemy import Row, Select, and_, any_, bindparam, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from models import Conversation, Job, JobType, Message, Summary
@@ -174,7 +174,7 @@ def _jobs(
         Job.params["user_id"].astext == user_id,
         and_(
             Job.type == JobType.CONVERSATION,
-            cast(Job.params["conversation_id"].astext, String).in_(users_conversations),
+            Job.params["conversation_id"].astext.in_(users_conversations),
         ),
     )
 
