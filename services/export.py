@@ -78,16 +78,24 @@ Record = tuple[str, Row]
 
 def _pages(
     database_url: str, query: Callable[[Row | None], Select], page_rows: int
-) -> Iterator[Row]:
-    """The rows of ``query(last row of the previous page)``, page after page."""
+) -> Iterator[list[Row]]:
+    """The pages of ``query(last row of the previous page)``, one after the other."""
     last: Row | None = None
     while True:
         with transaction(database_url) as connection:
             rows = connection.execute(query(last).limit(page_rows)).all()
-        yield from rows
+        if rows:
+            yield rows
         if len(rows) < page_rows:
             return
         last = rows[-1]
+
+
+def _rows(
+    database_url: str, query: Callable[[Row | None], Select], page_rows: int
+) -> Iterator[Row]:
+    for page in _pages(database_url, query, page_rows):
+        yield from page
 
 
 class _Peekable:
@@ -135,26 +143,19 @@ def _conversations(
         )
         return statement if last is None else statement.where(Conversation.id > last.id)
 
-    batch: list[Row] = []
-    for conversation in _pages(database_url, page, page_rows):
-        batch.append(conversation)
-        if len(batch) == page_rows:
-            yield from _with_contents(database_url, batch, page_rows)
-            batch = []
-    yield from _with_contents(database_url, batch, page_rows)
+    for batch in _pages(database_url, page, page_rows):
+        yield from _with_contents(database_url, batch, page_rows)
 
 
 def _with_contents(database_url: str, batch: list[Row], page_rows: int) -> Iterator[Record]:
     """Each conversation of ``batch`` (sorted by id) followed by its messages and its
     summaries: one paged query for all the batch's messages, one for its summaries."""
-    if not batch:
-        return
     pks = [conversation.id for conversation in batch]
     messages = _Peekable(
-        _pages(database_url, _of_conversations(MESSAGE_COLUMNS, Message.seq, pks), page_rows)
+        _rows(database_url, _of_conversations(MESSAGE_COLUMNS, Message.seq, pks), page_rows)
     )
     summaries = _Peekable(
-        _pages(database_url, _of_conversations(SUMMARY_COLUMNS, Summary.upto_seq, pks), page_rows)
+        _rows(database_url, _of_conversations(SUMMARY_COLUMNS, Summary.upto_seq, pks), page_rows)
     )
     for conversation in batch:
         yield "conversation", conversation
@@ -188,7 +189,7 @@ def _jobs(
             return statement
         return statement.where(tuple_(Job.created_at, Job.id) > tuple_(last.created_at, last.id))
 
-    for job in _pages(database_url, page, page_rows):
+    for job in _rows(database_url, page, page_rows):
         yield "job", job
 
 
