@@ -2,17 +2,21 @@
 
 from flask_openapi3 import Info, OpenAPI
 
+from api.audit import audit_api
 from api.cli import (
     check_memory_command,
     create_key_command,
     reencrypt_command,
+    revoke_key_command,
     set_redaction_command,
+    set_retention_command,
 )
 from api.content import StrictJSONProvider
 from api.conversations import conversations_api
 from api.embeddings import embeddings_api
 from api.errors import ErrorResponse, register_error_handlers, validation_error_response
 from api.events import events_api
+from api.export import export_api
 from api.health import health_api
 from api.jobs import jobs_api
 from api.limits import init_rate_limits
@@ -92,6 +96,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(events_api)
     app.register_api(webhooks_api)
     app.register_api(conversations_api)
+    app.register_api(export_api)
+    app.register_api(audit_api)
     app.register_api(search_api)
     app.register_api(embeddings_api)
     app.register_api(queues_api)
@@ -102,4 +108,6 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.cli.add_command(check_memory_command)
     app.cli.add_command(set_redaction_command)
     app.cli.add_command(reencrypt_command)
+    app.cli.add_command(revoke_key_command)
+    app.cli.add_command(set_retention_command)
     return app

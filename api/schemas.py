@@ -6,12 +6,14 @@ documented limits are the enforced ones.
 
 import copy
 import functools
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -725,3 +727,130 @@ class LastEventIdHeader(BaseModel):
         max_length=64,
         description="The `id` of the last event received: the stream goes on after it.",
     )
+
+
+# -- GET /v1/users/<id>/export ------------------------------------------------------
+
+
+class UserExportPath(BaseModel):
+    user_id: Identifier = Field(description="Your id for the user.")
+
+
+class ExportMessageOut(BaseModel):
+    seq: int
+    role: str
+    content: str
+    id: str | None = Field(description="The message's `id` as you sent it, if you did.")
+    created_at: datetime
+
+
+class ExportSummaryOut(BaseModel):
+    upto_seq: int = Field(description="The last message it summarises.")
+    text: str
+    method: str
+    model: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    created_at: datetime
+
+
+class ExportConversationOut(BaseModel):
+    conversation_id: str
+    user_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    messages: list[ExportMessageOut] = Field(description="Every message, by `seq`.")
+    summaries: list[ExportSummaryOut] = Field(description="Every summary kept, by `upto_seq`.")
+
+
+class ExportJobOut(BaseModel):
+    id: str
+    type: JobType
+    status: JobStatus
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    params: dict[str, Any] = Field(description="The job's parameters as submitted.")
+    result: dict[str, Any] | None = Field(description="Its result as stored, vectors left out.")
+    error: JobError | None
+
+
+class UserExportOut(BaseModel):
+    """Everything stored for the user: streamed, so any size is served from bounded memory."""
+
+    model_config = ConfigDict(
+        openapi_extra={
+            "description": "Everything stored for the user, streamed as one JSON document "
+            "(chunked; no `Content-Length`). A user with nothing stored gets empty lists.",
+            "headers": {
+                "Content-Disposition": {
+                    "description": "`attachment`, with a file name.",
+                    "schema": _STRING,
+                },
+            },
+        }
+    )
+
+    user_id: str
+    exported_at: datetime
+    conversations: list[ExportConversationOut] = Field(
+        description="The user's conversations, each with its messages and summaries."
+    )
+    jobs: list[ExportJobOut] = Field(
+        description="Jobs that name the user (`user_id`), and the conversation jobs that "
+        "posted to the user's conversations, oldest first."
+    )
+
+
+# -- GET /v1/audit ------------------------------------------------------------------
+
+
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)")
+
+
+def _rfc3339(value: Any) -> Any:
+    """A date-time as RFC 3339 writes it (offset included): pydantic alone would also
+    read numbers as Unix times, and dates without a time."""
+    if isinstance(value, str) and not _RFC3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time, such as 2026-01-31T12:00:00Z")
+    return value
+
+
+class AuditQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    action: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Only this action, for example `user.export` or `api_key.revoke`.",
+    )
+    since: Annotated[AwareDatetime, BeforeValidator(_rfc3339)] | None = Field(
+        None, description="Only entries at or after this time."
+    )
+    cursor: str | None = Field(
+        None,
+        max_length=512,
+        description="`next_cursor` of the last page. Opaque: one this API did not return "
+        "answers 422.",
+    )
+    limit: int = Field(_limits.default_page_size, ge=1, le=_limits.max_page_size)
+
+
+class AuditEntryOut(BaseModel):
+    id: int
+    at: datetime
+    actor: str = Field(description="Who: an API key's prefix, `cli`, or a periodic task.")
+    action: str = Field(description="What, for example `user.export` or `api_key.create`.")
+    target_type: str
+    target_id: str
+    details: dict[str, Any] = Field(
+        description="How it ended (`outcome`) and counts; never the text of a message."
+    )
+
+
+class AuditListOut(BaseModel):
+    entries: list[AuditEntryOut] = Field(description="Newest first.")
+    next_cursor: str | None
+    links: JobPageLinks

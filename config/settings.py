@@ -316,6 +316,15 @@ class Settings(BaseSettings):
     # Jobs looked at per run, of each kind: a run's work stays bounded on a backlog.
     recovery_batch_size: PositiveInt = 500
 
+    # Retention (services/retention.py): messages, summaries, their vectors and
+    # finished jobs older than this many days are purged, for every tenant whose
+    # own tenants.retention_days is unset (``set-retention``). None: kept forever.
+    retention_days: PositiveInt | None = None
+    # How often Celery beat runs the purge: data is gone at most this long after
+    # it passes its limit. A run that finds nothing costs a few indexed queries
+    # per tenant with a limit.
+    retention_interval_seconds: Annotated[float, Field(gt=0)] = 3600.0
+
     @model_validator(mode="after")
     def _default_page_within_max(self) -> "Settings":
         if self.default_page_size > self.max_page_size:

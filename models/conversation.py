@@ -17,6 +17,11 @@ class Conversation(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "external_id"),
         Index("ix_conversations_tenant_user", "tenant_id", "user_id"),
+        # Retention (services/retention.py): a tenant's conversations old enough to
+        # hold expired rows; and the conversations a deleted job was the last one of
+        # (the foreign key's SET NULL looks them up for every job row deleted).
+        Index("ix_conversations_tenant_created", "tenant_id", "created_at"),
+        Index("ix_conversations_last_job_id", "last_job_id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)

@@ -3,7 +3,7 @@
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, false
+from sqlalchemy import CheckConstraint, ForeignKey, String, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, created_at_column
@@ -11,6 +11,7 @@ from models.base import Base, created_at_column
 
 class Tenant(Base):
     __tablename__ = "tenants"
+    __table_args__ = (CheckConstraint("retention_days >= 0", name="retention_days_non_negative"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(100), unique=True)
@@ -20,6 +21,9 @@ class Tenant(Base):
     # PII (e-mail addresses, phone numbers, IBANs, card and AHV numbers) in the
     # tenant's texts is replaced by placeholders before it is stored or embedded.
     redact_pii: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Days its data is kept (services/retention.py). None: the deployment's
+    # RETENTION_DAYS; 0: kept forever, whatever RETENTION_DAYS says.
+    retention_days: Mapped[int | None]
 
     api_keys: Mapped[list["ApiKey"]] = relationship(back_populates="tenant")
 

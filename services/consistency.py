@@ -19,7 +19,8 @@ from sqlalchemy import select
 
 from models import Conversation, Job, JobStatus, JobType, Message, Summary
 from models.db import transaction
-from vectorstore import SNIPPET_MAX_BYTES, MemoryStore, memory_id, truncate_utf8
+from services.memory import embed_record_id, message_record_id, summary_record_id
+from vectorstore import SNIPPET_MAX_BYTES, MemoryStore, truncate_utf8
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,9 @@ def expected_vectors(database_url: str, tenant_id: uuid.UUID) -> tuple[dict[str,
                 Message.conversation_id.in_(list(conversations))
             )
         ):
-            source = f"conversation:{conversations[row.conversation_id]}:message"
-            message_ids[(row.conversation_id, row.seq)] = key = memory_id(tenant, source, row.seq)
+            external = conversations[row.conversation_id]
+            key = message_record_id(tenant, external, row.seq)
+            message_ids[(row.conversation_id, row.seq)] = key
             allowed[key] = row.content
         latest = {
             row.conversation_id: row
@@ -68,8 +70,8 @@ def expected_vectors(database_url: str, tenant_id: uuid.UUID) -> tuple[dict[str,
         summary_ids: dict[tuple[uuid.UUID, int], str] = {}
         for conversation_pk, row in latest.items():
             if row.text:
-                source = f"conversation:{conversations[conversation_pk]}:summary"
-                summary_ids[(conversation_pk, row.upto_seq)] = key = memory_id(tenant, source, 0)
+                key = summary_record_id(tenant, conversations[conversation_pk])
+                summary_ids[(conversation_pk, row.upto_seq)] = key
                 allowed[key] = row.text
         jobs = connection.execute(
             select(Job.id, Job.type, Job.params, Job.result).where(
@@ -80,7 +82,7 @@ def expected_vectors(database_url: str, tenant_id: uuid.UUID) -> tuple[dict[str,
         for job in jobs:
             if job.type == JobType.EMBED and job.params.get("store"):
                 for position, text in enumerate(job.params["texts"]):
-                    key = memory_id(tenant, f"job:{job.id}", position)
+                    key = embed_record_id(tenant, str(job.id), position)
                     allowed[key] = text
                     required.add(key)
             elif job.type == JobType.CONVERSATION and job.params.get("embed") and job.result:

@@ -14,6 +14,21 @@ from services.conversations import ConversationJob
 from vectorstore import MemoryKind, MemoryRecord, memory_id
 
 
+def embed_record_id(tenant_id: str, job_id: str, position: int) -> str:
+    """The record of an embed job's ``position``-th text."""
+    return memory_id(tenant_id, f"job:{job_id}", position)
+
+
+def message_record_id(tenant_id: str, conversation_id: str, seq: int) -> str:
+    """The record of a conversation's message ``seq`` (the caller's conversation id)."""
+    return memory_id(tenant_id, f"conversation:{conversation_id}:message", seq)
+
+
+def summary_record_id(tenant_id: str, conversation_id: str) -> str:
+    """The record of a conversation's summary: one per conversation, the latest."""
+    return memory_id(tenant_id, f"conversation:{conversation_id}:summary", 0)
+
+
 def embed_job_records(job: Row, vectors: Sequence[Sequence[float]]) -> list[MemoryRecord]:
     """One ``text`` record per text of an embed job that asked for ``store``."""
     params: dict[str, Any] = job.params
@@ -49,7 +64,6 @@ def conversation_records(
     embedded. The summary's id depends only on the conversation, so a new
     summary replaces the last one in the index.
     """
-    source = f"conversation:{job.conversation_id}"
     common = {
         "tenant": str(job.tenant_id),
         "user_id": job.user_id,
@@ -57,7 +71,7 @@ def conversation_records(
     }
     records = [
         MemoryRecord(
-            id=memory_id(str(job.tenant_id), f"{source}:message", seq),
+            id=message_record_id(str(job.tenant_id), job.conversation_id, seq),
             kind=MemoryKind.MESSAGE,
             text=text,
             vector=vector,
@@ -70,7 +84,7 @@ def conversation_records(
     if summary is not None and summary["text"] and len(vectors) > len(messages):
         records.append(
             MemoryRecord(
-                id=summary_record_id(job),
+                id=summary_record_id(str(job.tenant_id), job.conversation_id),
                 kind=MemoryKind.SUMMARY,
                 text=summary["text"],
                 vector=vectors[len(messages)],
@@ -80,11 +94,6 @@ def conversation_records(
     return records
 
 
-def summary_record_id(job: ConversationJob) -> str:
-    """The id of a conversation's summary record: one per conversation, the latest summary."""
-    return memory_id(str(job.tenant_id), f"conversation:{job.conversation_id}:summary", 0)
-
-
 def embed_job_record_ids(tenant_id: uuid.UUID, job_id: uuid.UUID, texts: int) -> list[str]:
     """The ids of the records an embed job with ``store`` indexes, one per text."""
-    return [memory_id(str(tenant_id), f"job:{job_id}", position) for position in range(texts)]
+    return [embed_record_id(str(tenant_id), str(job_id), position) for position in range(texts)]

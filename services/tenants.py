@@ -5,11 +5,12 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from models import ApiKey, AuditLog, Tenant
-from models.db import session_scope
+from models.db import session_scope, transaction
+from services import audit
 
 KEY_PREFIX = "cvq_"
 
@@ -91,3 +92,81 @@ def tenant_id_of(database_url: str, tenant_name: str) -> uuid.UUID | None:
     """The id of the tenant with this name, or None."""
     with session_scope(database_url) as session:
         return session.scalar(select(Tenant.id).where(Tenant.name == tenant_name))
+
+
+class KeyNotFound(LookupError):
+    """No key has that prefix (in that tenant)."""
+
+
+class AmbiguousPrefix(LookupError):
+    """Several keys share the prefix: name the tenant too."""
+
+
+@dataclass(frozen=True)
+class Revocation:
+    tenant_name: str
+    prefix: str
+    already_revoked: bool
+
+
+def revoke_api_key(
+    database_url: str, prefix: str, *, tenant_name: str | None = None, actor: str
+) -> Revocation:
+    """Revoke the key with ``prefix`` (of ``tenant_name``, when given) and audit it.
+
+    Revoking a revoked key changes nothing and writes no entry. The API's
+    authentication cache (api/auth.py) may accept the key for up to its
+    ``_CACHE_SECONDS`` more in a process that checked it just before.
+    """
+    with transaction(database_url) as connection:
+        query = (
+            select(ApiKey.id, ApiKey.tenant_id, ApiKey.revoked_at, Tenant.name)
+            .join(Tenant, Tenant.id == ApiKey.tenant_id)
+            .where(ApiKey.prefix == prefix)
+            .with_for_update(of=ApiKey)
+        )
+        if tenant_name is not None:
+            query = query.where(Tenant.name == tenant_name)
+        keys = connection.execute(query).all()
+        if not keys:
+            raise KeyNotFound(prefix)
+        if len(keys) > 1:
+            raise AmbiguousPrefix(prefix)
+        (key,) = keys
+        if key.revoked_at is None:
+            connection.execute(
+                update(ApiKey).where(ApiKey.id == key.id).values(revoked_at=func.now())
+            )
+            audit.record(
+                connection,
+                tenant_id=key.tenant_id,
+                actor=actor,
+                action="api_key.revoke",
+                target_type="api_key",
+                target_id=prefix,
+                details={"outcome": "revoked"},
+            )
+    return Revocation(key.name, prefix, already_revoked=key.revoked_at is not None)
+
+
+def set_retention(database_url: str, tenant_name: str, days: int | None, *, actor: str) -> None:
+    """Set how many days the tenant's data is kept: ``None`` follows RETENTION_DAYS,
+    0 keeps it forever (``services.retention``). Audited as ``tenant.retention``."""
+    with transaction(database_url) as connection:
+        tenant_id = connection.execute(
+            update(Tenant)
+            .where(Tenant.name == tenant_name)
+            .values(retention_days=days)
+            .returning(Tenant.id)
+        ).scalar_one_or_none()
+        if tenant_id is None:
+            raise TenantNotFound(tenant_name)
+        audit.record(
+            connection,
+            tenant_id=tenant_id,
+            actor=actor,
+            action="tenant.retention",
+            target_type="tenant",
+            target_id=str(tenant_id),
+            details={"retention_days": days},
+        )

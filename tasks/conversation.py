@@ -104,7 +104,10 @@ def store(task: Task, message: dict) -> None:
         ):
             # The summary that replaced the indexed one was not embedded: the old
             # one's vector must not outlive it.
-            memory.delete(str(job.tenant_id), ids=[summary_record_id(pipeline)])
+            memory.delete(
+                str(job.tenant_id),
+                ids=[summary_record_id(str(job.tenant_id), pipeline.conversation_id)],
+            )
         result = {
             "conversation_id": pipeline.conversation_id,
             "messages": {"first_seq": pipeline.first_seq, "last_seq": pipeline.last_seq},

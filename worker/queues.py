@@ -27,6 +27,7 @@ class TaskName(StrEnum):
     RECOVER_JOBS = "tasks.recovery.recover_jobs"
     RESEND_WEBHOOKS = "tasks.maintenance.resend_webhooks"
     PURGE_IDEMPOTENCY_KEYS = "tasks.maintenance.purge_idempotency_keys"
+    PURGE_RETENTION = "tasks.maintenance.purge_retention"
 
 
 TASK_QUEUES: dict[TaskName, Queue] = {
@@ -40,6 +41,7 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.RECOVER_JOBS: Queue.CPU,
     TaskName.RESEND_WEBHOOKS: Queue.CPU,
     TaskName.PURGE_IDEMPOTENCY_KEYS: Queue.CPU,
+    TaskName.PURGE_RETENTION: Queue.CPU,
 }
 
 

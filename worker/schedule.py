@@ -13,7 +13,8 @@ from worker.queues import TaskName
 
 # Redis serves priority 0 first.
 SCHEDULED_PRIORITY = 0
-# Housekeeping that may wait: stalled webhooks, expired idempotency keys.
+# Housekeeping that may wait: stalled webhooks, expired idempotency keys (and
+# expired data: settings.retention_interval_seconds).
 RESEND_WEBHOOKS_EVERY = 60.0
 PURGE_IDEMPOTENCY_KEYS_EVERY = 3600.0
 
@@ -34,4 +35,5 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "purge-idempotency-keys": _entry(
             TaskName.PURGE_IDEMPOTENCY_KEYS, PURGE_IDEMPOTENCY_KEYS_EVERY
         ),
+        "purge-retention": _entry(TaskName.PURGE_RETENTION, settings.retention_interval_seconds),
     }
