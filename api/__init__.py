@@ -2,7 +2,7 @@
 
 from flask_openapi3 import Info, OpenAPI
 
-from api.cli import create_key_command
+from api.cli import backup_command, create_key_command, restore_command
 from api.content import StrictJSONProvider
 from api.conversations import conversations_api
 from api.embeddings import embeddings_api
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.json = StrictJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["convoq.settings"] = settings
+    app.extensions["convoq.version"] = __version__
     init_celery(app, settings)
     # Cancels are announced like every other end, waking requests that wait on them,
     # and sent to their callback_url.
@@ -89,4 +90,6 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(metrics_api)
     app.add_url_rule("/docs", "docs", app.view_functions["swagger.swagger"])
     app.cli.add_command(create_key_command)
+    app.cli.add_command(backup_command)
+    app.cli.add_command(restore_command)
     return app

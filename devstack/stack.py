@@ -29,12 +29,12 @@ LOCAL_TENANT = "local"
 FLOWER_USER = "convoq"
 
 
-def migrate(database_url: str) -> None:
-    """``alembic upgrade head`` on ``database_url``."""
+def migrate(database_url: str, revision: str = "head") -> None:
+    """``alembic upgrade <revision>`` on ``database_url``."""
     config = Config(str(ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(ROOT / "migrations"))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
 
 
 class LocalStack:
