@@ -20,7 +20,9 @@ for ``store``). A backup taken while jobs run can therefore hold:
 - rows whose vectors were not written yet: the job that writes them is one of
   those, and writes them when it runs again;
 - a conversation's newer summary vector beside its older summary row, when the
-  summary was replaced between the two reads (the next job replaces it again).
+  summary was replaced between the two reads (the next job replaces it again);
+- rows without their vectors, when an erasure or a purge deleted them between
+  the two reads (replay that erasure after the restore: see the README).
 
 Vectors written after the snapshot for rows it does not hold are left out and
 counted in the manifest (``milvus.orphans_skipped``).
@@ -29,7 +31,8 @@ Restore verifies every checksum before it touches anything, then refuses
 stores that hold data (``force`` drops it first). The schema is migrated to
 the backup's revision, the tables are loaded in foreign-key order in one
 transaction, the sequences are set past the restored ids, the schema is
-migrated on to this code's head, and the vectors are upserted.
+migrated on to this code's head, and the vectors are upserted. A restore that
+failed part-way (Milvus away, say) is run again with ``force``.
 
 Columns encrypted at rest are backed up as ciphertext: the keys are not in
 the backup, and without them a restore cannot be read. Milvus holds text
@@ -147,11 +150,8 @@ def _private(path: str, flags: int) -> int:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as stream:
-        while chunk := stream.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def _read_chunks(path: Path) -> Iterator[bytes]:
@@ -164,7 +164,7 @@ def _read_chunks(path: Path) -> Iterator[bytes]:
 
 
 def _conninfo(database_url: str) -> str:
-    return make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _connect(database_url: str, **kwargs: Any) -> psycopg.Connection:
