@@ -55,7 +55,7 @@ def logs_tail(directory: Path, lines: int = 15) -> str:
     return "\n".join(tails)
 
 
-def test_the_full_path_runs_with_only_loopback_and_tries_no_other_host(tmp_path):
+def test_the_full_path_runs_with_only_loopback_and_tries_no_other_host(tmp_path, worker_env):
     isolated = namespace_available()
     mode = (
         "in a network namespace with only loopback"
@@ -77,6 +77,8 @@ def test_the_full_path_runs_with_only_loopback_and_tries_no_other_host(tmp_path)
         "CONVOQ_EGRESS_LOG": str(attempts),
         "CONVOQ_EGRESS_INSTALLED": str(installed),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        # The session's model exports, made by its first gpu worker (or by this run's).
+        "EXPORT_CACHE_DIR": worker_env["EXPORT_CACHE_DIR"],
     }
     command = [sys.executable, "-m", "tests.egress_probe", str(tmp_path / "run")]
     if isolated:
