@@ -66,6 +66,9 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     )
     app.json = StrictJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # Swagger UI would otherwise have the browser send /openapi.json's address
+    # to validator.swagger.io for a badge: nothing leaves for the docs page.
+    app.config["SWAGGER_CONFIG"] = {"validatorUrl": "none"}
     app.extensions["convoq.settings"] = settings
     app.extensions["convoq.version"] = __version__
     init_celery(app, settings)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from api import create_app
 from config.offline import OFFLINE_ENVIRONMENT
 from tests.support import ROOT
 from tests.test_deploy import COMPOSE, K8S, compose_environment, image_environment, load_yaml
@@ -168,3 +169,11 @@ for call in calls:
         ("socket.connect", "('192.0.2.1', 80)"),
         ("socket.getaddrinfo", "'huggingface.co'"),
     }
+
+
+def test_the_docs_page_sends_nothing_to_swagger_io():
+    """Swagger UI's default is a badge from validator.swagger.io, fetched with the
+    address of the API's /openapi.json: it is switched off."""
+    page = create_app().test_client().get("/docs")
+    assert page.status_code == 200
+    assert '{"validatorUrl":"none"}' in page.get_data(as_text=True)
