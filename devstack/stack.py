@@ -31,12 +31,12 @@ FLOWER_USER = "convoq"
 ENCRYPTION_KEY_FILE = "encryption-keys"
 
 
-def migrate(database_url: str) -> None:
-    """``alembic upgrade head`` on ``database_url``."""
+def migrate(database_url: str, revision: str = "head") -> None:
+    """``alembic upgrade <revision>`` on ``database_url``."""
     config = Config(str(ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(ROOT / "migrations"))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
 
 
 class LocalStack:

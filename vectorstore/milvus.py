@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -285,6 +285,63 @@ class MemoryStore:
             f"Milvus collection {self.collection!r} at {self.uri} {problem}: drop it, "
             "or name another collection in MILVUS_COLLECTION"
         )
+
+    def has_collection(self) -> bool:
+        return self._call(
+            lambda client: client.has_collection(self.collection, timeout=self.timeout)
+        )
+
+    def describe_fields(self) -> dict[str, dict[str, Any]]:
+        """The collection's fields as ``{name: {"type", "params", "is_primary"}}``."""
+        description = self._call(
+            lambda client: client.describe_collection(self.collection, timeout=self.timeout)
+        )
+        return {
+            field["name"]: {
+                "type": DataType(field["type"]).name,
+                "params": {
+                    key: int(value) if str(value).isdigit() else value
+                    for key, value in field.get("params", {}).items()
+                },
+                "is_primary": bool(field.get("is_primary")),
+            }
+            for field in description["fields"]
+        }
+
+    def count_all(self) -> int:
+        """Every tenant's rows: for backups and restores, never for a tenant's request."""
+        result = self._call(
+            lambda client: client.query(
+                self.collection,
+                filter="",
+                output_fields=["count(*)"],
+                consistency_level=CONSISTENCY,
+                timeout=self.timeout,
+            )
+        )
+        return int(result[0]["count(*)"])
+
+    def scan_all(self, batch_size: int = 1000) -> Iterator[list[dict[str, Any]]]:
+        """Every tenant's rows, every field and the vector, in batches: for backups only.
+
+        On a Milvus server the pages are read at the timestamp of the first one,
+        so the scan sees one state of the collection; Milvus Lite reads each page
+        as it is then.
+        """
+        iterator = self._call(
+            lambda client: client.query_iterator(
+                self.collection,
+                batch_size=batch_size,
+                output_fields=list(FIELDS),
+                consistency_level=CONSISTENCY,
+                timeout=self.timeout,
+            )
+        )
+        try:
+            while batch := self._call(lambda client: iterator.next()):
+                yield batch
+        finally:
+            iterator.close()
 
     def drop_collection(self) -> None:
         """Drop the collection and every vector in it."""
