@@ -306,6 +306,12 @@ class Settings(BaseSettings):
     # Jobs looked at per run, of each kind: a run's work stays bounded on a backlog.
     recovery_batch_size: PositiveInt = 500
 
+    # Erasures (services/erasure.py). One that no run has taken up for this long
+    # (its message was lost, or its retries ran out while a store was away) is
+    # sent again by the sweep Celery beat runs every 30 s. A run that is merely
+    # slow may get a twin: runs are idempotent.
+    erasure_resend_after_seconds: Annotated[float, Field(gt=0)] = 120.0
+
     @model_validator(mode="after")
     def _default_page_within_max(self) -> "Settings":
         if self.default_page_size > self.max_page_size:

@@ -11,6 +11,7 @@ Messages on Celery queues (the argument of a task):
   sent to names the step.
 - ``IndexMessage``: index the vectors of finished embed jobs (cpu pool).
 - ``WebhookMessage``: POST a finished job's state to its ``callback_url`` (cpu pool).
+- ``ErasureMessage``: carry out an erasure (``services.erasure``, cpu pool).
 
 Interactive requests to the gpu pool (``services.gpu_rpc``), outside Celery:
 
@@ -67,6 +68,11 @@ class WebhookMessage(_Message):
     job_id: uuid.UUID
 
 
+class ErasureMessage(_Message):
+    kind: Literal["erasure"] = "erasure"
+    erasure_id: uuid.UUID
+
+
 class _Interactive(_Message):
     """A request someone is waiting for: answered on ``reply_to`` before ``deadline``."""
 
@@ -92,7 +98,13 @@ class SearchRequest(_Interactive):
 
 
 Message = Annotated[
-    JobMessage | StepMessage | IndexMessage | WebhookMessage | EmbeddingsRequest | SearchRequest,
+    JobMessage
+    | StepMessage
+    | IndexMessage
+    | WebhookMessage
+    | ErasureMessage
+    | EmbeddingsRequest
+    | SearchRequest,
     Field(discriminator="kind"),
 ]
 InteractiveRequest = Annotated[EmbeddingsRequest | SearchRequest, Field(discriminator="kind")]

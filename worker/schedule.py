@@ -16,6 +16,8 @@ SCHEDULED_PRIORITY = 0
 # Housekeeping that may wait: stalled webhooks, expired idempotency keys.
 RESEND_WEBHOOKS_EVERY = 60.0
 PURGE_IDEMPOTENCY_KEYS_EVERY = 3600.0
+# Erasures whose message was lost, or whose retries ran out, are sent again.
+RESEND_ERASURES_EVERY = 30.0
 
 
 def _entry(task: TaskName, every: float) -> dict[str, Any]:
@@ -34,4 +36,5 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "purge-idempotency-keys": _entry(
             TaskName.PURGE_IDEMPOTENCY_KEYS, PURGE_IDEMPOTENCY_KEYS_EVERY
         ),
+        "resend-erasures": _entry(TaskName.RESEND_ERASURES, RESEND_ERASURES_EVERY),
     }
