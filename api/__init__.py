@@ -6,6 +6,7 @@ from api.cli import create_key_command
 from api.content import StrictJSONProvider
 from api.conversations import conversations_api
 from api.embeddings import embeddings_api
+from api.erasures import erasures_api
 from api.errors import ErrorResponse, register_error_handlers, validation_error_response
 from api.events import events_api
 from api.health import health_api
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(events_api)
     app.register_api(webhooks_api)
     app.register_api(conversations_api)
+    app.register_api(erasures_api)
     app.register_api(search_api)
     app.register_api(embeddings_api)
     app.register_api(queues_api)
