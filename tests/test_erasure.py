@@ -519,11 +519,16 @@ def test_the_erasure_waits_for_a_started_jobs_step_then_deletes_what_it_wrote(
     requested = erasure.request_erasure(
         settings.database_url, tenant, erasure.ErasureTarget.USER, user, actor="test"
     )
-    with pytest.raises(erasure.ErasureNotDone):
+    with pytest.raises(erasure.ErasureNotDone) as raised:
         erasure.run(idle_stores, requested.erasure.id)
     underway = erasure.get_erasure(settings.database_url, tenant, requested.erasure.id)
     assert underway.status == "running"
     assert underway.waiting_on == [job.id]
+    # Its retries spent, it waits for the sweep, saying why.
+    erasure.leave_for_sweep(settings.database_url, requested.erasure.id, raised.value)
+    waiting = erasure.get_erasure(settings.database_url, tenant, requested.erasure.id)
+    assert waiting.status == "pending"
+    assert waiting.error == "ErasureNotDone: 1 canceled job(s) still have a step underway"
     # The step writes after all (it had read its row before the erasure's commit).
     record = MemoryRecord(
         id=memory_id(str(tenant), f"conversation:{user}-c:message", 1),
@@ -542,7 +547,8 @@ def test_the_erasure_waits_for_a_started_jobs_step_then_deletes_what_it_wrote(
     done = erasure.run(idle_stores, requested.erasure.id)
     assert done.status == "succeeded"
     assert done.removed["milvus"] == {"vectors": 1}
-    assert (done.waiting_on, done.conversation_ids) == ([], [])
+    assert (done.waiting_on, done.conversation_ids, done.error) == ([], [], None)
+    assert done.attempts == 2
     assert memory_store.count(str(tenant), user_id=user) == 0
 
 
