@@ -16,6 +16,7 @@ from api.cli import (
 from api.content import StrictJSONProvider
 from api.conversations import conversations_api
 from api.embeddings import embeddings_api
+from api.erasures import erasures_api
 from api.errors import ErrorResponse, register_error_handlers, validation_error_response
 from api.events import events_api
 from api.export import export_api
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(conversations_api)
     app.register_api(export_api)
     app.register_api(audit_api)
+    app.register_api(erasures_api)
     app.register_api(search_api)
     app.register_api(embeddings_api)
     app.register_api(queues_api)

@@ -6,9 +6,12 @@ from flask import Response, current_app, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
 from api.auth import current_principal, require_api_key
+from api.erasures import ERASURE_DESCRIPTION, accept
 from api.errors import ApiError, ErrorResponse
 from api.schemas import (
     IDENTIFIER_PATTERN,
+    AcceptedErasureOut,
+    ConversationErasurePath,
     ConversationOut,
     ConversationPath,
     ConversationQuery,
@@ -16,6 +19,7 @@ from api.schemas import (
     MessageOut,
     SummaryOut,
 )
+from models import ErasureTarget
 from services.conversations import ConversationNotFound, ConversationStore, processing_status
 
 conversations_api = APIBlueprint(
@@ -79,3 +83,15 @@ def get_conversation(path: ConversationPath, query: ConversationQuery) -> tuple[
         else None,
     )
     return jsonify(body.model_dump(mode="json")), 200
+
+
+@conversations_api.delete(
+    "/<conversation_id>",
+    summary="Erase a conversation",
+    description=ERASURE_DESCRIPTION,
+    responses={202: AcceptedErasureOut},
+)
+def erase_conversation(path: ConversationErasurePath) -> tuple[Response, int, dict[str, str]]:
+    """The conversation's messages and summaries, the jobs that posted to it or named it,
+    and its vectors, whoever's user it is."""
+    return accept(ErasureTarget.CONVERSATION, path.conversation_id)

@@ -511,6 +511,101 @@ class ConversationPath(BaseModel):
     conversation_id: str = Field(description="Your id for the conversation.")
 
 
+class UserPath(BaseModel):
+    user_id: Identifier = Field(description="Your id for the user: the `user_id` jobs carried.")
+
+
+class ConversationErasurePath(BaseModel):
+    conversation_id: Identifier = Field(description="Your id for the conversation.")
+
+
+class ErasurePath(BaseModel):
+    erasure_id: uuid.UUID = Field(description="The erasure's id.")
+
+
+class PostgresRemovedOut(BaseModel):
+    conversations: int
+    messages: int
+    summaries: int
+    jobs: int = Field(description="Job rows deleted (their parameters and results held the text).")
+    jobs_canceled: int = Field(description="Of those, the jobs still queued or running.")
+
+
+class MilvusRemovedOut(BaseModel):
+    vectors: int
+
+
+class RedisRemovedOut(BaseModel):
+    search_requests: int = Field(
+        description="Searches filtered on the target that were waiting for the gpu pool."
+    )
+
+
+class RemovedOut(BaseModel):
+    """What each store gave up, so far (counts only)."""
+
+    postgresql: PostgresRemovedOut
+    milvus: MilvusRemovedOut
+    redis: RedisRemovedOut
+
+
+class ErasureLinks(BaseModel):
+    self: str
+
+
+class ErasureOut(BaseModel):
+    """An erasure of a user or a conversation, and how far it has gone."""
+
+    id: str
+    target: Literal["user", "conversation"]
+    target_id: str
+    status: Literal["pending", "running", "succeeded", "failed"] = Field(
+        description="`succeeded` once PostgreSQL, Milvus and Redis have each confirmed that "
+        "nothing of the target is left; until then it is retried, `pending` between tries. "
+        "`failed` only for an error no retry can cure (ask again)."
+    )
+    attempts: int = Field(description="Runs so far.")
+    removed: RemovedOut
+    error: str | None = Field(description="The last error met, while it is retried or failed.")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    links: ErasureLinks
+
+    @classmethod
+    def from_row(cls, row: Any) -> "ErasureOut":
+        return cls(
+            id=str(row.id),
+            target=row.target_type,
+            target_id=row.target_id,
+            status=row.status,
+            attempts=row.attempts,
+            removed=RemovedOut.model_validate(row.removed),
+            error=row.error,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            links=ErasureLinks(self=f"/v1/erasures/{row.id}"),
+        )
+
+
+class AcceptedErasureOut(ErasureOut):
+    model_config = ConfigDict(
+        openapi_extra={
+            "description": "The erasure is underway (or, asked again while it is, the same one).",
+            "headers": {
+                "Location": {"description": "The erasure's URL, to poll.", "schema": _STRING}
+            },
+            "links": {
+                "GetErasure": {
+                    "operationRef": "#/paths/~1v1~1erasures~1{erasure_id}/get",
+                    "parameters": {"erasure_id": "$response.body#/id"},
+                }
+            },
+        }
+    )
+
+
 class ConversationQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -324,6 +324,11 @@ class Settings(BaseSettings):
     # it passes its limit. A run that finds nothing costs a few indexed queries
     # per tenant with a limit.
     retention_interval_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    # Erasures (services/erasure.py). One that no run has taken up for this long
+    # (its message was lost, or its retries ran out while a store was away) is
+    # sent again by the sweep Celery beat runs every 30 s. A run that is merely
+    # slow may get a twin: runs are idempotent.
+    erasure_resend_after_seconds: Annotated[float, Field(gt=0)] = 120.0
 
     @model_validator(mode="after")
     def _default_page_within_max(self) -> "Settings":

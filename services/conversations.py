@@ -20,8 +20,10 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from psycopg.errors import ForeignKeyViolation
+from sqlalchemy import Connection, Row, exists, func, literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
 
 from models import Conversation, Job, JobStatus, Message, Summary
 from models.db import session_scope, transaction
@@ -69,23 +71,36 @@ class ConversationStore:
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
 
-    def persist(self, job: Row) -> tuple[int, int]:
-        """Store the job's messages at the end of its conversation, once; their seq range.
+    def persist(self, job: Row) -> tuple[int, int] | None:
+        """Store the job's messages at the end of its conversation, once; their seq range,
+        or None when the job is no longer running (canceled, or erased).
 
         The conversation row is locked while sequence numbers are handed out,
         so two jobs posting to one conversation append one after the other.
         A job delivered again finds its messages tagged with its id.
+
+        The job's row is share-locked, and must say running, in the statement
+        that creates the conversation: an erasure (``services.erasure``), which
+        cancels the job first, either waits for these messages and deletes
+        them, or commits first, and then nothing is written.
         """
         params = job.params
+        running = (
+            select(Job.id)
+            .where(Job.id == job.id, Job.status == JobStatus.RUNNING.value)
+            .with_for_update(read=True)
+        )
+        conversation_table = Conversation.__table__.c
+        new_conversation = select(
+            literal(uuid.uuid4(), conversation_table.id.type),
+            literal(job.tenant_id, conversation_table.tenant_id.type),
+            literal(params["conversation_id"], conversation_table.external_id.type),
+            literal(params.get("user_id"), conversation_table.user_id.type),
+        ).where(exists(running))
         with session_scope(self.database_url) as session:
             conversation_pk = session.scalar(
                 pg_insert(Conversation)
-                .values(
-                    id=uuid.uuid4(),
-                    tenant_id=job.tenant_id,
-                    external_id=params["conversation_id"],
-                    user_id=params.get("user_id"),
-                )
+                .from_select(["id", "tenant_id", "external_id", "user_id"], new_conversation)
                 .on_conflict_do_update(
                     index_elements=["tenant_id", "external_id"],
                     set_={
@@ -95,6 +110,8 @@ class ConversationStore:
                 )
                 .returning(Conversation.id)
             )
+            if conversation_pk is None:
+                return None
             conversation = session.scalars(
                 select(Conversation).where(Conversation.id == conversation_pk).with_for_update()
             ).one()
@@ -234,9 +251,12 @@ class ConversationStore:
         }
 
     def save_summaries(self, summaries: Mapping[uuid.UUID, tuple[ConversationJob, dict]]) -> None:
-        """Upsert each job's summary (the values of ``inference.summary.Summary``)."""
-        if not summaries:
-            return
+        """Upsert each job's summary (the values of ``inference.summary.Summary``).
+
+        A summary of a conversation erased meanwhile (``services.erasure``) is left
+        out, not stored and not an error: the summaries of the other jobs of a
+        batch are stored all the same.
+        """
         rows = [
             {
                 "conversation_id": job.conversation_pk,
@@ -245,14 +265,36 @@ class ConversationStore:
             }
             for job, summary in summaries.values()
         ]
-        statement = pg_insert(Summary).values(rows)
-        with transaction(self.database_url) as connection:
-            connection.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["conversation_id", "upto_seq"],
-                    set_={name: statement.excluded[name] for name in SUMMARY_FIELDS},
+        if not rows:
+            return
+        try:
+            with transaction(self.database_url) as connection:
+                self._upsert_summaries(connection, rows)
+        except IntegrityError as exc:
+            if not isinstance(exc.orig, ForeignKeyViolation):
+                raise
+            with transaction(self.database_url) as connection:
+                # Key-share-locked: these stay until the summaries are committed.
+                present = set(
+                    connection.scalars(
+                        select(Conversation.id)
+                        .where(Conversation.id.in_({row["conversation_id"] for row in rows}))
+                        .with_for_update(key_share=True)
+                    )
                 )
+                rows = [row for row in rows if row["conversation_id"] in present]
+                if rows:
+                    self._upsert_summaries(connection, rows)
+
+    @staticmethod
+    def _upsert_summaries(connection: Connection, rows: list[dict[str, Any]]) -> None:
+        statement = pg_insert(Summary).values(rows)
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=["conversation_id", "upto_seq"],
+                set_={name: statement.excluded[name] for name in SUMMARY_FIELDS},
             )
+        )
 
     def summaries(self, jobs: Sequence[ConversationJob]) -> dict[uuid.UUID, dict[str, Any]]:
         """The summary each job made (those that made one)."""

@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     Integer,
     Row,
     String,
@@ -222,7 +223,9 @@ class JobStore:
     def _transaction(self) -> Any:
         return transaction(self.database_url)
 
-    def _finished(self, rows: Sequence[Row], status: JobStatus) -> set[uuid.UUID]:
+    def _finished(
+        self, rows: Sequence[Row], status: JobStatus, *, deliver: bool = True
+    ) -> set[uuid.UUID]:
         # Rows come from the guarded UPDATE that made the transition: each job counts once.
         for row in rows:
             metrics.observe_finished(
@@ -230,7 +233,7 @@ class JobStore:
             )
         if rows and self.notify is not None:
             self.notify(rows)
-        if self.deliver is not None:
+        if deliver and self.deliver is not None:
             with_callback = [row for row in rows if row.callback_url is not None]
             if with_callback:
                 self.deliver(with_callback)
@@ -610,6 +613,11 @@ class JobStore:
             self._finished([canceled], JobStatus.CANCELED)
         return job, canceled is not None
 
+    def announce_canceled(self, rows: Sequence[Row]) -> None:
+        """Jobs canceled by ``cancel_where`` in a transaction now committed: counted, and
+        announced to whoever waits on them. No webhook: an erasure deleted their rows."""
+        self._finished(rows, JobStatus.CANCELED, deliver=False)
+
     def get(self, tenant_id: uuid.UUID, job_id: uuid.UUID, *, vectors: bool = True) -> Row:
         jobs = self.get_many(tenant_id, [job_id], vectors=vectors)
         if not jobs:
@@ -667,3 +675,17 @@ class JobStore:
         has_more = len(jobs) > limit
         jobs = jobs[:limit]
         return JobPage(jobs=jobs, next_cursor=encode_cursor(jobs[-1]) if has_more else None)
+
+
+def cancel_where(connection: Connection, tenant_id: uuid.UUID, condition: Any) -> list[Row]:
+    """Cancel the tenant's queued and running jobs that match ``condition``, in the
+    caller's transaction (an erasure's); their rows, for ``JobStore.announce_canceled``
+    once it has committed. ``started_at`` says which had started."""
+    return list(
+        connection.execute(
+            update(JOBS)
+            .where(JOBS.c.tenant_id == tenant_id, _active(), condition)
+            .values(status=JobStatus.CANCELED, finished_at=func.now())
+            .returning(*_FINISHED_COLUMNS)
+        ).all()
+    )

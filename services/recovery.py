@@ -136,15 +136,18 @@ def live_job_ids(
     *,
     held: Iterable[str],
     reserved_after: float,
+    waiting: bool = True,
 ) -> set[uuid.UUID]:
-    """Those of ``job_ids`` that a live message names: waiting in a queue, reserved by
-    a worker that holds it (``held`` delivery tags), or reserved after ``reserved_after``."""
+    """Those of ``job_ids`` that a live message names: waiting in a queue (unless not
+    ``waiting``), reserved by a worker that holds it (``held`` delivery tags), or
+    reserved after ``reserved_after``."""
     wanted = [str(job_id) for job_id in job_ids]
     if not wanted:
         return set()
     held = list(held)
     keys = [Channel.unacked_key, Channel.unacked_index_key]
-    keys += [key for queue in Queue for key in priority_lists(queue.value)]
+    if waiting:
+        keys += [key for queue in Queue for key in priority_lists(queue.value)]
     found = client.eval(_LIVE_JOBS, len(keys), *keys, reserved_after, len(held), *held, *wanted)
     return {uuid.UUID(raw.decode() if isinstance(raw, bytes) else raw) for raw in found}
 

@@ -43,7 +43,11 @@ def persist(task: Task, message: dict) -> None:
     if job is None:
         return
     with log_context(job_id=str(job_id), tenant=str(job.tenant_id)), frame.guard([job_id]):
-        first, last = ConversationStore(get_settings().database_url).persist(job)
+        persisted = ConversationStore(get_settings().database_url).persist(job)
+        if persisted is None:
+            log.info("job canceled while running; nothing stored")
+            return
+        first, last = persisted
         log.info("messages stored", extra={"first_seq": first, "last_seq": last})
         if first > last:
             # Every message's id was stored already (a retried post): nothing new to
@@ -84,7 +88,12 @@ def store(task: Task, message: dict) -> None:
         return
     with log_context(job_id=str(job.id), tenant=str(job.tenant_id)), frame.guard([job.id]):
         conversations = ConversationStore(settings.database_url)
-        pipeline = conversations.jobs([job])[job.id]
+        pipeline = conversations.jobs([job]).get(job.id)
+        if pipeline is None:
+            # Its conversation was erased since the job resumed: the erasure
+            # canceled the job and deletes whatever it indexes for it.
+            log.info("conversation erased while the job ran; nothing indexed")
+            return
         summary = conversations.summaries([pipeline]).get(job.id)
         records = []
         memory = get_memory_store(settings)

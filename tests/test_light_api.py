@@ -63,6 +63,10 @@ call("list", "get", "/v1/jobs?limit=2", headers=auth)
 call("cancel", "post", f"/v1/jobs/{embed['id']}/cancel", headers=auth)
 call("delete", "delete", f"/v1/jobs/{embed['id']}", headers=auth)
 call("conversation get", "get", "/v1/conversations/light", headers=auth)
+call("conversation erase", "delete", "/v1/conversations/light", headers=auth)
+erased = client.delete("/v1/users/light-user", headers=auth)
+statuses["user erase"] = erased.status_code
+call("erasure get", "get", erased.headers["Location"], headers=auth)
 call("search", "post", "/v1/search", json={"query": "hello"}, headers=auth)
 call("embeddings", "post", "/v1/embeddings",
      json={"input": "hello", "model": "all-MiniLM-L6-v2"}, headers=auth)
@@ -87,6 +91,9 @@ EXPECTED = {
     "cancel": 200,
     "delete": 204,
     "conversation get": 404,
+    "conversation erase": 202,
+    "user erase": 202,
+    "erasure get": 200,
     "search": 504,
     "embeddings": 504,
     "queues": 200,

@@ -46,7 +46,7 @@ from tests.support import (
     wait_for,
 )
 from worker import presence
-from worker.queues import TaskName
+from worker.queues import Queue, TaskName, task_modules_for
 from worker.schedule import beat_schedule
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +93,7 @@ def test_a_conversation_goes_on_from_the_step_its_progress_names():
 
 def test_every_scheduled_task_is_registered_and_expires_before_its_next_run(app):
     celery = app.extensions["celery"]
-    for module in ("tasks.recovery", "tasks.maintenance"):
+    for module in task_modules_for(Queue.CPU):
         celery.loader.import_task_module(module)
     schedule = celery.conf.beat_schedule
     assert schedule == beat_schedule(Settings())

@@ -32,6 +32,7 @@ def scope(
     *,
     user_id: str | None = None,
     conversation_id: str | None = None,
+    conversation_ids: Iterable[str] | None = None,
     kind: MemoryKind | str | None = None,
     ids: Iterable[str] | None = None,
 ) -> str:
@@ -42,6 +43,9 @@ def scope(
     if conversation_id is not None:
         conversation = _nonempty("conversation_id", conversation_id)
         clauses.append(f"conversation_id == {quote(conversation)}")
+    if conversation_ids is not None:
+        listed = ", ".join(quote(_nonempty("conversation_id", c)) for c in conversation_ids)
+        clauses.append(f"conversation_id in [{listed}]")
     if kind is not None:
         clauses.append(f"kind == {quote(MemoryKind(kind).value)}")
     if ids is not None:

@@ -367,16 +367,24 @@ class MemoryStore:
         conversation_id: str | None = None,
         user_id: str | None = None,
         ids: Sequence[str] | None = None,
+        conversation_ids: Sequence[str] | None = None,
     ) -> int:
         """Delete the tenant's rows matching every selector given; returns the count.
 
         At least one selector is required: a forgotten argument must not erase a tenant.
         """
-        if conversation_id is None and user_id is None and ids is None:
-            raise ValueError("delete needs conversation_id, user_id or ids")
-        if ids is not None and not ids:
+        selectors = (conversation_id, user_id, ids, conversation_ids)
+        if all(selector is None for selector in selectors):
+            raise ValueError("delete needs conversation_id, user_id, ids or conversation_ids")
+        if (ids is not None and not ids) or (conversation_ids is not None and not conversation_ids):
             return 0
-        expr = expressions.scope(tenant, conversation_id=conversation_id, user_id=user_id, ids=ids)
+        expr = expressions.scope(
+            tenant,
+            conversation_id=conversation_id,
+            user_id=user_id,
+            ids=ids,
+            conversation_ids=conversation_ids,
+        )
         result = self._call(
             lambda client: client.delete(self.collection, filter=expr, timeout=self.timeout)
         )
@@ -422,10 +430,17 @@ class MemoryStore:
         user_id: str | None = None,
         conversation_id: str | None = None,
         kind: MemoryKind | str | None = None,
+        conversation_ids: Sequence[str] | None = None,
     ) -> int:
         """How many of the tenant's rows match the filters."""
+        if conversation_ids is not None and not conversation_ids:
+            return 0
         expr = expressions.scope(
-            tenant, user_id=user_id, conversation_id=conversation_id, kind=kind
+            tenant,
+            user_id=user_id,
+            conversation_id=conversation_id,
+            kind=kind,
+            conversation_ids=conversation_ids,
         )
         result = self._call(
             lambda client: client.query(

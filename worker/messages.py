@@ -12,6 +12,7 @@ Messages on Celery queues (the argument of a task):
 - ``IndexMessage``: index the vectors of finished embed jobs (cpu pool).
 - ``WebhookMessage``: POST a finished job's state to its ``callback_url`` (cpu pool).
 - ``ForgetMessage``: delete a deleted job's records from the index (cpu pool).
+- ``ErasureMessage``: carry out an erasure (``services.erasure``, cpu pool).
 
 Interactive requests to the gpu pool (``services.gpu_rpc``), outside Celery:
 
@@ -77,6 +78,11 @@ class ForgetMessage(_Message):
     texts: int = Field(ge=1)
 
 
+class ErasureMessage(_Message):
+    kind: Literal["erasure"] = "erasure"
+    erasure_id: uuid.UUID
+
+
 class _Interactive(_Message):
     """A request someone is waiting for: answered on ``reply_to`` before ``deadline``."""
 
@@ -107,6 +113,7 @@ Message = Annotated[
     | IndexMessage
     | WebhookMessage
     | ForgetMessage
+    | ErasureMessage
     | EmbeddingsRequest
     | SearchRequest,
     Field(discriminator="kind"),

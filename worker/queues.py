@@ -23,11 +23,13 @@ class TaskName(StrEnum):
     PERSIST_CONVERSATION = "tasks.conversation.persist"
     STORE_CONVERSATION = "tasks.conversation.store"
     DELIVER_WEBHOOK = "tasks.webhooks.deliver"
+    ERASE = "tasks.erasure.erase"
     # cpu, periodic (worker/schedule.py)
     RECOVER_JOBS = "tasks.recovery.recover_jobs"
     RESEND_WEBHOOKS = "tasks.maintenance.resend_webhooks"
     PURGE_IDEMPOTENCY_KEYS = "tasks.maintenance.purge_idempotency_keys"
     PURGE_RETENTION = "tasks.maintenance.purge_retention"
+    RESEND_ERASURES = "tasks.erasure.resend_erasures"
 
 
 TASK_QUEUES: dict[TaskName, Queue] = {
@@ -38,10 +40,12 @@ TASK_QUEUES: dict[TaskName, Queue] = {
     TaskName.PERSIST_CONVERSATION: Queue.CPU,
     TaskName.STORE_CONVERSATION: Queue.CPU,
     TaskName.DELIVER_WEBHOOK: Queue.CPU,
+    TaskName.ERASE: Queue.CPU,
     TaskName.RECOVER_JOBS: Queue.CPU,
     TaskName.RESEND_WEBHOOKS: Queue.CPU,
     TaskName.PURGE_IDEMPOTENCY_KEYS: Queue.CPU,
     TaskName.PURGE_RETENTION: Queue.CPU,
+    TaskName.RESEND_ERASURES: Queue.CPU,
 }
 
 

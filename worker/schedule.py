@@ -17,6 +17,8 @@ SCHEDULED_PRIORITY = 0
 # expired data: settings.retention_interval_seconds).
 RESEND_WEBHOOKS_EVERY = 60.0
 PURGE_IDEMPOTENCY_KEYS_EVERY = 3600.0
+# Erasures whose message was lost, or whose retries ran out, are sent again.
+RESEND_ERASURES_EVERY = 30.0
 
 
 def _entry(task: TaskName, every: float) -> dict[str, Any]:
@@ -36,4 +38,5 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             TaskName.PURGE_IDEMPOTENCY_KEYS, PURGE_IDEMPOTENCY_KEYS_EVERY
         ),
         "purge-retention": _entry(TaskName.PURGE_RETENTION, settings.retention_interval_seconds),
+        "resend-erasures": _entry(TaskName.RESEND_ERASURES, RESEND_ERASURES_EVERY),
     }
