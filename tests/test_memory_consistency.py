@@ -1,4 +1,4 @@
-"""Nothing stale: after every kind of job, and after a job is deleted, the vectors in
+"""Nothing stale: after every kind of job, a job deleted and every erase, the vectors in
 Milvus are exactly those of rows PostgreSQL still has, with the rows' texts."""
 
 import uuid
@@ -126,3 +126,30 @@ def test_check_memory_finds_a_vector_whose_row_is_gone_and_repairs(
     repaired = cli.invoke(args=["check-memory", "--tenant", principal.tenant_name, "--repair"])
     assert "deleted 1 stale vectors" in repaired.output
     agrees(settings, memory_store, principal.tenant_id)
+
+
+def erase(client, headers, path):
+    response = client.delete(path, headers=headers)
+    assert response.status_code == 202, response.get_json()
+    location = response.headers["Location"]
+    wait_for(
+        lambda: client.get(location, headers=headers).get_json()["status"] == "succeeded",
+        60,
+        f"the erasure of {path}",
+        interval=0.2,
+    )
+
+
+def test_every_erase_leaves_the_index_in_agreement(
+    client, tenant, settings, memory_store, gpu_worker, cpu_worker
+):
+    tenant_id, headers = tenant[0].tenant_id, tenant[1]
+    converse(client, headers, "c-erase", chat("delete this chat", "and this line"))
+    erase(client, headers, "/v1/conversations/c-erase")
+    assert memory_store.count(str(tenant_id), conversation_id="c-erase") == 0
+    agrees(settings, memory_store, tenant_id)
+
+    assert memory_store.count(str(tenant_id), user_id="u-1") > 0
+    erase(client, headers, "/v1/users/u-1")
+    assert memory_store.count(str(tenant_id), user_id="u-1") == 0
+    agrees(settings, memory_store, tenant_id)
