@@ -1,10 +1,11 @@
 """``GET /v1/audit``: the calling tenant's audit log, newest first."""
 
-from flask import Response, current_app, jsonify, url_for
+from flask import Response, current_app, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
 from api.auth import current_principal, require_api_key
 from api.errors import ApiError, ErrorResponse
+from api.paging import next_page_link
 from api.schemas import AuditEntryOut, AuditListOut, AuditQuery, JobPageLinks
 from services import audit
 from services.jobs import InvalidCursor
@@ -41,10 +42,7 @@ def list_audit(query: AuditQuery) -> tuple[Response, int]:
         )
     except InvalidCursor as exc:
         raise ApiError.invalid("cursor", str(exc), "invalid_cursor") from exc
-    next_link = None
-    if page.next_cursor is not None:
-        filters = query.model_dump(exclude_none=True, exclude={"cursor"}, mode="json")
-        next_link = url_for("audit.list_audit", cursor=page.next_cursor, **filters)
+    next_link = next_page_link("audit.list_audit", query, page.next_cursor)
     body = AuditListOut(
         entries=[
             AuditEntryOut.model_validate(entry, from_attributes=True) for entry in page.entries

@@ -14,6 +14,7 @@ from sqlalchemy import Row
 from api.auth import current_principal, require_api_key
 from api.content import require_json_body
 from api.errors import ApiError, ErrorResponse
+from api.paging import next_page_link
 from api.redaction import redact_metadata, tenant_redactor
 from api.schemas import (
     AcceptedBatchOut,
@@ -410,10 +411,7 @@ def list_jobs(query: JobListQuery) -> tuple[Response, int, dict]:
         )
     except InvalidCursor as exc:
         raise ApiError.invalid("cursor", str(exc), "invalid_cursor") from exc
-    next_link = None
-    if page.next_cursor is not None:
-        filters = query.model_dump(exclude_none=True, exclude={"cursor"}, mode="json")
-        next_link = url_for("jobs.list_jobs", cursor=page.next_cursor, **filters)
+    next_link = next_page_link("jobs.list_jobs", query, page.next_cursor)
     body = JobListOut(
         jobs=[JobSummaryOut.from_job(job) for job in page.jobs],
         next_cursor=page.next_cursor,

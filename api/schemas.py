@@ -305,11 +305,11 @@ class JobQuery(BaseModel):
     )
 
 
-class JobListQuery(BaseModel):
+class PageQuery(BaseModel):
+    """A page of a list, newest first: follow ``next_cursor`` for the next one."""
+
     model_config = ConfigDict(extra="forbid")
 
-    status: JobStatus | None = None
-    type: JobType | None = None
     cursor: str | None = Field(
         None,
         max_length=512,
@@ -317,6 +317,11 @@ class JobListQuery(BaseModel):
         "answers 422.",
     )
     limit: int = Field(_limits.default_page_size, ge=1, le=_limits.max_page_size)
+
+
+class JobListQuery(PageQuery):
+    status: JobStatus | None = None
+    type: JobType | None = None
 
 
 class Progress(BaseModel):
@@ -912,9 +917,7 @@ def _rfc3339(value: Any) -> Any:
     return value
 
 
-class AuditQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AuditQuery(PageQuery):
     action: str | None = Field(
         None,
         min_length=1,
@@ -924,13 +927,6 @@ class AuditQuery(BaseModel):
     since: Annotated[AwareDatetime, BeforeValidator(_rfc3339)] | None = Field(
         None, description="Only entries at or after this time."
     )
-    cursor: str | None = Field(
-        None,
-        max_length=512,
-        description="`next_cursor` of the last page. Opaque: one this API did not return "
-        "answers 422.",
-    )
-    limit: int = Field(_limits.default_page_size, ge=1, le=_limits.max_page_size)
 
 
 class AuditEntryOut(BaseModel):

@@ -1,15 +1,21 @@
-"""Message and summary text encrypted at rest (keys and cipher: ``config/encryption.py``).
+"""Text encrypted at rest (keys and cipher: ``config/encryption.py``).
 
 ``EncryptedText`` is the column type of ``messages.content`` and
-``summaries.text``: every ORM and Core statement that binds or reads those
-mapped columns encrypts and decrypts on its own, so callers (the workers, the
-API, export) see plain ``str``. Raw SQL (``text()``) and the database's own
-tools see only the stored form.
+``summaries.text``; ``EncryptedJSON`` that of ``jobs.params`` and
+``jobs.result``, whose texts (the submitted texts and messages, a summary)
+are sealed while their ids and options stay plain JSONB, for queries. Every
+ORM and Core statement that binds or reads those mapped columns encrypts and
+decrypts on its own, so callers (the workers, the API, export) see plain
+values. Raw SQL (``text()``) and the database's own tools see only the stored
+form.
 """
 
+import json
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import Dialect, Text, TypeDecorator
+from sqlalchemy.dialects.postgresql import JSONB
 
 from config import get_settings
 from config.encryption import KeyRing, load_key_ring
@@ -53,3 +59,49 @@ class EncryptedText(TypeDecorator[str]):
 
     def copy(self, **kw: Any) -> "EncryptedText":
         return EncryptedText(self.purpose)
+
+
+# The key of a JSON object under which its sealed keys are kept, encrypted together.
+SEALED = "sealed"
+
+
+def seal(value: Any, keys: Collection[str], purpose: str) -> Any:
+    """``value`` with its ``keys`` moved into one encrypted ``"sealed"`` string."""
+    if not isinstance(value, dict):
+        return value
+    secret = {key: value[key] for key in keys if key in value}
+    if not secret:
+        return value
+    plain = {key: item for key, item in value.items() if key not in secret}
+    return {**plain, SEALED: key_ring().encrypt(json.dumps(secret), purpose)}
+
+
+def unseal(value: Any, purpose: str) -> Any:
+    """What ``seal`` was given (a value without ``"sealed"`` reads as it is)."""
+    if not isinstance(value, dict) or SEALED not in value:
+        return value
+    plain = {key: item for key, item in value.items() if key != SEALED}
+    return {**plain, **json.loads(key_ring().decrypt(value[SEALED], purpose))}
+
+
+class EncryptedJSON(TypeDecorator[Any]):
+    """A ``JSONB`` column whose ``sealed_keys`` are encrypted (``seal``), the rest
+    plain: ``params["user_id"].astext`` still filters, ``params["texts"]`` is sealed."""
+
+    impl = JSONB
+    cache_ok = True
+    comparator_factory = JSONB.Comparator
+
+    def __init__(self, purpose: str, sealed_keys: tuple[str, ...]) -> None:
+        super().__init__()
+        self.purpose = purpose
+        self.sealed_keys = sealed_keys
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return seal(value, self.sealed_keys, self.purpose)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return unseal(value, self.purpose)
+
+    def copy(self, **kw: Any) -> "EncryptedJSON":
+        return EncryptedJSON(self.purpose, self.sealed_keys)

@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, created_at_column
+from models.encryption import EncryptedJSON
 
 
 class JobType(StrEnum):
@@ -107,8 +108,13 @@ class Job(Base):
     status: Mapped[JobStatus] = mapped_column(
         _string_enum(JobStatus, "job_status"), default=JobStatus.QUEUED
     )
-    params: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # The texts a job was given, and the summary it made, are encrypted at rest.
+    params: Mapped[dict[str, Any]] = mapped_column(
+        EncryptedJSON("jobs.params", ("texts", "text", "messages", "metadata"))
+    )
+    result: Mapped[dict[str, Any] | None] = mapped_column(
+        EncryptedJSON("jobs.result", ("text", "summary"))
+    )
     # Vectors the job made, float32 little-endian, one row after the other:
     # an embed job's result, or a conversation job's until its store step.
     vectors: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -300,9 +300,10 @@ def _indexed_ids(connection: psycopg.Connection) -> set[str]:
     for tenant, conversation in summarised:
         ids.add(memory_id(tenant, f"conversation:{conversation}:summary", 0))
     stored = connection.execute(
-        "SELECT tenant_id::text, id::text, jsonb_array_length(params->'texts') FROM jobs "
-        "WHERE type = 'embed' AND params->>'store' = 'true' "
-        "AND jsonb_typeof(params->'texts') = 'array'"
+        # An embed job's texts are sealed (models/encryption.py); its progress total
+        # is their count.
+        "SELECT tenant_id::text, id::text, progress_total FROM jobs "
+        "WHERE type = 'embed' AND params->>'store' = 'true'"
     )
     for tenant, job_id, texts in stored:
         ids.update(memory_id(tenant, f"job:{job_id}", position) for position in range(texts))

@@ -1,4 +1,4 @@
-"""Key rotation: rewrite stored message and summary text under the current key.
+"""Key rotation: rewrite stored text (messages, summaries, jobs' texts) under the current key.
 
 Rows are read and written in batches of ``batch_size``, each batch in its own
 transaction, so a large table is never locked whole and a stopped run resumes
@@ -7,20 +7,38 @@ rewritten only if its stored value is still the one read: a summary replaced
 meanwhile by a worker keeps the new text.
 """
 
+import uuid
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import ColumnElement, Text, bindparam, func, select, type_coerce, update
+from sqlalchemy import (
+    ColumnElement,
+    Text,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, array
 from sqlalchemy.orm import InstrumentedAttribute
 
 from config.encryption import VERSION
-from models import Message, Summary
+from models import Job, Message, Summary
 from models.db import transaction
-from models.encryption import key_ring
+from models.encryption import SEALED, key_ring, unseal
 
-# The encrypted columns: (what the count is called, primary key, column).
-ENCRYPTED_COLUMNS: tuple[tuple[str, InstrumentedAttribute, InstrumentedAttribute], ...] = (
-    ("messages", Message.id, Message.content),
-    ("summaries", Summary.id, Summary.text),
+# The encrypted columns: (what the count is called, primary key, column, its
+# stored form's type, the primary key below every other).
+ENCRYPTED_COLUMNS: tuple[
+    tuple[str, InstrumentedAttribute, InstrumentedAttribute, Any, Any], ...
+] = (
+    ("messages", Message.id, Message.content, Text, 0),
+    ("summaries", Summary.id, Summary.text, Text, 0),
+    ("jobs.params", Job.id, Job.params, JSONB, uuid.UUID(int=0)),
+    ("jobs.result", Job.id, Job.result, JSONB, uuid.UUID(int=0)),
 )
 
 
@@ -33,38 +51,51 @@ class ReencryptResult:
     remaining: dict[str, int]
 
 
-def _not_current(column: InstrumentedAttribute, kid: str) -> ColumnElement[bool]:
-    return ~type_coerce(column, Text).startswith(f"{VERSION}:{kid}:", autoescape=True)
+def _not_current(column: InstrumentedAttribute, stored_type: Any, kid: str) -> ColumnElement[bool]:
+    """Rows stored in clear, or under another key than ``kid``."""
+    current = f"{VERSION}:{kid}:"
+    raw = type_coerce(column, stored_type)
+    if stored_type is Text:
+        return ~raw.startswith(current, autoescape=True)
+    sealed = raw[SEALED].astext
+    return or_(
+        and_(sealed.is_not(None), ~sealed.startswith(current, autoescape=True)),
+        raw.has_any(array(list(column.type.sealed_keys))),
+    )
+
+
+def _plain(value: Any, column: InstrumentedAttribute) -> Any:
+    purpose = column.type.purpose
+    if isinstance(value, str):
+        return key_ring().decrypt(value, purpose)
+    return unseal(value, purpose)
 
 
 def reencrypt(database_url: str, batch_size: int = 500) -> ReencryptResult:
     """Encrypt every legacy (plaintext) row and every row under an older key with the
-    current key."""
+    current key: message and summary text, and the texts jobs hold."""
     ring = key_ring()
     rewritten, remaining = {}, {}
-    for name, pk, column in ENCRYPTED_COLUMNS:
-        raw = type_coerce(column, Text)
-        purpose = column.type.purpose
+    for name, pk, column, stored_type, last_id in ENCRYPTED_COLUMNS:
+        raw = type_coerce(column, stored_type)
+        stale = _not_current(column, stored_type, ring.current)
         rewrite = (
             update(pk.class_)
-            .where(pk == bindparam("row_id"), raw == bindparam("old", type_=Text))
+            .where(pk == bindparam("row_id"), raw == bindparam("old", type_=stored_type))
             .values({column.key: bindparam("new", type_=column.type)})
         )
-        done, last_id = 0, 0
+        done = 0
         while True:
             with transaction(database_url) as connection:
                 rows = connection.execute(
-                    select(pk, raw)
-                    .where(pk > last_id, _not_current(column, ring.current))
-                    .order_by(pk)
-                    .limit(batch_size)
+                    select(pk, raw).where(pk > last_id, stale).order_by(pk).limit(batch_size)
                 ).all()
                 if not rows:
                     break
                 connection.execute(
                     rewrite,
                     [
-                        {"row_id": row_id, "old": old, "new": ring.decrypt(old, purpose)}
+                        {"row_id": row_id, "old": old, "new": _plain(old, column)}
                         for row_id, old in rows
                     ],
                 )
@@ -73,8 +104,6 @@ def reencrypt(database_url: str, batch_size: int = 500) -> ReencryptResult:
         rewritten[name] = done
         with transaction(database_url) as connection:
             remaining[name] = connection.scalar(
-                select(func.count())
-                .select_from(pk.class_)
-                .where(_not_current(column, ring.current))
+                select(func.count()).select_from(pk.class_).where(stale)
             )
     return ReencryptResult(ring.current, rewritten, remaining)

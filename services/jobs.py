@@ -440,7 +440,10 @@ class JobStore:
         ids = list(results)
         values = {
             "ids": ids,
-            "results": [json.dumps(results[i]) for i in ids],
+            # Raw SQL: the column type's sealing is applied here (models/encryption.py).
+            "results": [
+                json.dumps(JOBS.c.result.type.process_bind_param(results[i], None)) for i in ids
+            ],
             "vectors": [(vectors or {}).get(i) for i in ids],
             "replace_vectors": vectors is not None,
             "carried_bytes": MAX_CARRIED_ROW_BYTES,

@@ -196,7 +196,8 @@ class _TenantPurge:
         stored_texts = case(
             (
                 (Job.type == JobType.EMBED) & Job.params["store"].as_boolean(),
-                func.jsonb_array_length(Job.params["texts"]),
+                # Its texts are sealed (models/encryption.py); the total is their count.
+                Job.progress_total,
             ),
             else_=0,
         )

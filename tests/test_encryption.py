@@ -26,7 +26,7 @@ from config.encryption import (
     load_key_ring,
 )
 from devstack.stack import LocalStack, migrate
-from models import Conversation, Message, Summary, Tenant
+from models import Conversation, Job, JobType, Message, Summary, Tenant
 from models.db import session_scope, transaction
 from models.encryption import configure_encryption, key_ring
 from services.encryption import reencrypt
@@ -50,7 +50,7 @@ def conversation(client_module, headers_module, gpu_worker, cpu_worker) -> dict[
     assert response.status_code == 202, response.get_json()
     job = wait_for_job(client_module, headers_module, response.get_json()["id"], timeout=120)
     assert job["status"] == "succeeded", job["error"]
-    return {"id": conversation_id}
+    return {"id": conversation_id, "job_id": job["id"]}
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,25 @@ def test_stored_text_is_ciphertext_and_reads_back_as_plaintext(
         assert kid_of(value) == "test1", value
         assert "locker" not in value
         assert "Zurich" not in value
+    # The job that posted them holds the messages it was given and the summary it
+    # made: sealed too, its ids and options left plain for queries.
+    with transaction(settings.database_url) as connection:
+        params, result = connection.execute(
+            text(
+                "SELECT params::text, result::text FROM jobs WHERE params->>'conversation_id' = :c"
+            ),
+            {"c": conversation["id"]},
+        ).one()
+    for value in (params, result):
+        assert "locker" not in value
+        assert "Zurich" not in value
+        assert '"sealed": "v1:test1:' in value
+    assert conversation["id"] in params
+    job = client_module.get(f"/v1/jobs/{conversation['job_id']}", headers=headers_module)
+    assert "locker code" in job.get_json()["result"]["summary"]["text"]
+    with session_scope(settings.database_url) as session:
+        messages = session.get(Job, uuid.UUID(conversation["job_id"])).params["messages"]
+    assert [m["content"] for m in messages] == [m["content"] for m in CHAT]
 
     view = client_module.get(
         f"/v1/conversations/{conversation['id']}", headers=headers_module
@@ -107,6 +126,13 @@ def scratch_database(settings, stack) -> Iterator[str]:
         yield url
     finally:
         configure_encryption(previous)
+
+
+def _raw_job_kids(url: str) -> list[str | None]:
+    """The key of each sealed part of the jobs' params and results (None: in clear)."""
+    with transaction(url) as connection:
+        rows = connection.execute(text("SELECT params, result FROM jobs")).all()
+    return [kid_of(value.get("sealed")) for row in rows for value in row if value is not None]
 
 
 def _raw_kids(url: str) -> list[str | None]:
@@ -144,8 +170,17 @@ def test_rotation_keeps_old_rows_readable_and_reencrypt_moves_them(scratch_datab
             ]
         )
         chat_id = chat.id
+        job = Job(
+            tenant_id=tenant.id,
+            type=JobType.SUMMARIZE,
+            params={"text": "old job text", "method": "extractive"},
+            result={"text": "old job summary", "method": "extractive"},
+        )
+        session.add(job)
+        session.flush()
+        job_id = job.id
     with transaction(url) as connection:
-        # A row from before encryption was turned on: stored in clear.
+        # Rows from before encryption was turned on: stored in clear.
         connection.execute(
             text(
                 "INSERT INTO messages (conversation_id, seq, role, content) "
@@ -153,7 +188,16 @@ def test_rotation_keeps_old_rows_readable_and_reencrypt_moves_them(scratch_datab
             ),
             {"c": chat_id},
         )
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, tenant_id, type, status, params, progress_done, "
+                "progress_total, attempts) VALUES (:id, :t, 'embed', 'succeeded', "
+                """'{"texts": ["legacy job text"], "store": false}', 1, 1, 1)"""
+            ),
+            {"id": uuid.uuid4(), "t": tenant.id},
+        )
     assert Counter(_raw_kids(url)) == {"old": 2, None: 1}
+    assert Counter(_raw_job_kids(url)) == {"old": 2, None: 1}
 
     # A new key first: old rows and the legacy row still read; new rows use the new key.
     configure_encryption(KeyRing.parse(f"new:{new},old:{old}"))
@@ -164,12 +208,24 @@ def test_rotation_keeps_old_rows_readable_and_reencrypt_moves_them(scratch_datab
 
     result = reencrypt(url, batch_size=1)
     assert result.kid == "new"
-    assert result.rewritten == {"messages": 2, "summaries": 1}
-    assert result.remaining == {"messages": 0, "summaries": 0}
+    assert result.rewritten == {
+        "messages": 2,
+        "summaries": 1,
+        "jobs.params": 2,
+        "jobs.result": 1,
+    }
+    assert set(result.remaining.values()) == {0}
     assert _raw_kids(url) == ["new"] * 4
+    assert _raw_job_kids(url) == ["new"] * 3
     # The old key can go.
     configure_encryption(KeyRing.parse(f"new:{new}"))
     assert _texts(url) == ["legacy plaintext", "new secret", "old secret", "old summary"]
+    with session_scope(url) as session:
+        job = session.get(Job, job_id)
+        assert job.params == {"text": "old job text", "method": "extractive"}
+        assert job.result == {"text": "old job summary", "method": "extractive"}
+        texts = [j.params.get("texts") for j in session.scalars(select(Job))]
+    assert ["legacy job text"] in texts
     # Without the key a row was encrypted with, reading it says which key is missing.
     configure_encryption(KeyRing.parse(f"old:{old}"))
     with pytest.raises(UnknownKeyId, match="'new'"):

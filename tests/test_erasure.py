@@ -17,10 +17,11 @@ import uuid
 import pytest
 import redis
 from kombu.transport.redis import Channel
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from api import create_app
 from config import Settings
+from models import Job, Message, Summary
 from models.db import transaction
 from models.job import JobType
 from services import erasure
@@ -228,18 +229,26 @@ def test_erasing_a_user_leaves_nothing_of_theirs_in_any_store(world, settings, m
         before, 0
     )
     with transaction(settings.database_url) as connection:
-        leftovers = connection.execute(
+        # Text is encrypted at rest: read through the mapped columns, decrypted.
+        stored = [
+            *connection.scalars(select(Message.content)),
+            *connection.scalars(select(Summary.text)),
+            *(
+                f"{params} {result}"
+                for params, result in connection.execute(
+                    select(Job.params, Job.result).where(Job.tenant_id == uuid.UUID(tenant))
+                )
+            ),
+        ]
+        erasure_leftovers = connection.execute(
             text(
-                "SELECT (SELECT count(*) FROM messages WHERE content LIKE :m)"
-                " + (SELECT count(*) FROM summaries WHERE text LIKE :m)"
-                " + (SELECT count(*) FROM jobs WHERE tenant_id = :t"
-                "    AND (params::text LIKE :m OR result::text LIKE :m))"
-                " + (SELECT count(*) FROM erasures WHERE tenant_id = :t"
-                "    AND (removed::text LIKE :m OR error LIKE :m))"
+                "SELECT count(*) FROM erasures WHERE tenant_id = :t"
+                "    AND (removed::text LIKE :m OR error LIKE :m)"
             ),
             {"m": f"%{MARK}%", "t": tenant},
         ).scalar_one()
-    assert leftovers == 0
+    assert [value for value in stored if MARK in value] == []
+    assert erasure_leftovers == 0
     assert memory_store.count(tenant, user_id=alice) == 0
     assert memory_store.count(tenant, conversation_ids=chats) == 0
     assert redis_holding(redis.Redis.from_url(settings.redis_url), [alice, MARK]) == []

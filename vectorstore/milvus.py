@@ -328,18 +328,22 @@ class MemoryStore:
         so the scan sees one state of the collection; Milvus Lite reads each page
         as it is then.
         """
+        return self._scan("", list(FIELDS), batch_size)
+
+    def _scan(self, expr: str, fields: list[str], batch: int) -> Iterator[list[dict[str, Any]]]:
         iterator = self._call(
             lambda client: client.query_iterator(
                 self.collection,
-                batch_size=batch_size,
-                output_fields=list(FIELDS),
+                batch_size=batch,
+                filter=expr,
+                output_fields=fields,
                 consistency_level=CONSISTENCY,
                 timeout=self.timeout,
             )
         )
         try:
-            while batch := self._call(lambda client: iterator.next()):
-                yield batch
+            while page := self._call(lambda client: iterator.next()):
+                yield page
         finally:
             iterator.close()
 
@@ -455,25 +459,8 @@ class MemoryStore:
 
     def snippets(self, tenant: str, *, batch: int = 1000) -> dict[str, str]:
         """Every row of the tenant: its id and its text snippet, read a page at a time."""
-        expr = expressions.scope(tenant)
-
-        def read(client: MilvusClient) -> dict[str, str]:
-            pages = client.query_iterator(
-                self.collection,
-                batch_size=batch,
-                filter=expr,
-                output_fields=["text"],
-                timeout=self.timeout,
-            )
-            found: dict[str, str] = {}
-            try:
-                while page := pages.next():
-                    found.update((row["id"], row["text"]) for row in page)
-            finally:
-                pages.close()
-            return found
-
-        return self._call(read)
+        pages = self._scan(expressions.scope(tenant), ["text"], batch)
+        return {row["id"]: row["text"] for page in pages for row in page}
 
 
 _stores: "weakref.WeakSet[MemoryStore]" = weakref.WeakSet()
