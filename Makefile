@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install run test lint format bench clean backup restore
+.PHONY: install run test browser lint format bench clean backup restore
 
 $(INSTALLED): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +33,12 @@ restore: $(INSTALLED)
 	@test -n "$(BACKUP_DIR)" || { echo "make restore BACKUP_DIR=<a backup's directory>" >&2; exit 2; }
 	$(PY) -m devstack restore "$(BACKUP_DIR)" $(if $(FORCE),--force)
 
-test: $(INSTALLED)
+# Debian's chromium and chromedriver for tests/test_browser.py, installed (apt-get) when
+# missing, before pytest starts: the suite's time is the tests' own.
+browser: $(INSTALLED)
+	$(PY) -m tests.browser_setup
+
+test: $(INSTALLED) browser
 	$(PY) -m pytest
 
 lint: $(INSTALLED)
