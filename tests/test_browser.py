@@ -99,6 +99,13 @@ def table_rows(driver: WebDriver, table: str) -> list[tuple[str, list[str]]]:
     return [(row_id, cells) for row_id, cells in rows]
 
 
+def test_setup_without_the_packages_or_apt_fails_with_how_to_install(monkeypatch, tmp_path):
+    # A machine with neither the browser nor apt-get: the fixture fails, saying what to run.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ChromiumUnavailable, match="apt-get install -y --no-install-recommends"):
+        ensure_chromium()
+
+
 # --- /docs ---------------------------------------------------------------------------------------
 
 
