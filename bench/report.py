@@ -60,7 +60,11 @@ SUBPROCESS_BENCHES: tuple[tuple[str, list[str], list[str]], ...] = (
     ("cost", ["--markdown"], ["--jobs", "40", "--clients", "8", "--markdown"]),
     ("throughput", [], ["--small-jobs", "40", "--large-jobs", "4", "--raw-texts", "128"]),
     ("interactive", ["--markdown"], ["--jobs", "2", "--texts", "32", "--idle-searches", "5"]),
-    ("peers", ["--markdown"], ["--small-requests", "64", "--large-requests", "4", "--markdown"]),
+    (
+        "peers",
+        ["--markdown"],
+        ["--small-requests", "64", "--large-requests", "4", "--skip-install", "--markdown"],
+    ),
     ("overhead", [], ["--jobs", "40", "--clients", "8", "--tasks", "200"]),
     ("search", [], ["--vectors", "5000", "--queries", "20"]),
     ("summarize", [], ["--texts", "8", "--rounds", "1"]),
@@ -354,17 +358,19 @@ def sweep_convoq(
 
 def sweep_peer(
     report: Report,
+    install: bool,
     clients: Sequence[int],
     requests_per_point: Callable[[int], int],
     advance: Callable[[], None],
 ) -> None:
-    """infinity-emb's torch engine, started alone, at each concurrency."""
+    """infinity-emb's torch engine, started alone, at each concurrency; its virtualenv is
+    made first when ``install`` (minutes, once), else it must be there already."""
     from bench import infinity
     from bench.peers import Target, Workload, openai_send, run_workload
     from bench.procstat import ProcessRole, descendants
 
     try:
-        infinity.ensure_installed()
+        infinity.ensure_installed(skip_install=not install)
         with infinity.running_peer(
             "torch", infinity.default_model_dir(), ROOT / ".devstack" / "bench"
         ) as peer:
@@ -380,7 +386,7 @@ def sweep_peer(
                 r = run_workload(target, workload, n)
                 report.points.append(Point(SERIES[2], n, r.rate, r.p50 * 1000, r.p95 * 1000))
                 advance()
-    except Exception as error:  # the report still has convoq's figures
+    except (Exception, SystemExit) as error:  # the report still has convoq's figures
         report.failures.append(f"peer (infinity torch): {type(error).__name__}: {error}"[:300])
 
 
@@ -456,7 +462,7 @@ def main() -> None:
                 sweep_convoq(report, clients, per_point, cpu_clients, step("sweep: convoq"))
             except Exception as error:
                 report.failures.append(f"convoq sweep: {type(error).__name__}: {error}"[:300])
-            sweep_peer(report, clients, per_point, step("sweep: peer"))
+            sweep_peer(report, not args.quick, clients, per_point, step("sweep: peer"))
         for module, full, quick in benches:
             advance = step(f"bench.{module}")
             report.runs.append(run_module(module, quick if args.quick else full, timeout))
