@@ -119,7 +119,7 @@ def figure_rows(report: Report) -> list[list[str]]:
         p.clients: p.per_second for p in report.points if p.series.startswith("peer")
     }
     for p in report.points:
-        where = f"{p.series}, {p.clients} clients"
+        where = f"{p.series}, {p.clients} client{'' if p.clients == 1 else 's'}"
         rows.append(["sweep", f"{where}: requests/s", f"{p.per_second:,.1f}"])
         rows.append(["sweep", f"{where}: p50 / p95 ms", f"{p.p50_ms:,.0f} / {p.p95_ms:,.0f}"])
         peer = best_peer.get(p.clients)
@@ -174,6 +174,8 @@ def plot_concurrency(points: Sequence[Point], path: Path) -> None:
         )
     for axes, label in ((rate, "one-text requests/s"), (latency, "latency, ms")):
         axes.set_xscale("log", base=2)
+        shown = sorted({p.clients for p in points})
+        axes.set_xticks(shown, [str(n) for n in shown])
         axes.set_xlabel("concurrent clients")
         axes.set_ylabel(label)
         axes.grid(True, alpha=0.3)
@@ -388,6 +390,8 @@ def sweep_peer(
                 advance()
     except (Exception, SystemExit) as error:  # the report still has convoq's figures
         report.failures.append(f"peer (infinity torch): {type(error).__name__}: {error}"[:300])
+        for _ in range(len(clients) - sum(p.series == SERIES[2] for p in report.points)):
+            advance()
 
 
 def run_module(module: str, arguments: list[str], timeout: float) -> BenchRun:
