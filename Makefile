@@ -50,17 +50,7 @@ format: $(INSTALLED)
 	$(VENV)/bin/ruff format .
 
 bench: $(INSTALLED)
-	$(PY) -m bench.cost
-	$(PY) -m bench.throughput
-	$(PY) -m bench.interactive
-	$(PY) -m bench.peers
-	$(PY) -m bench.overhead
-	$(PY) -m bench.search
-	$(PY) -m bench.summarize
-	$(PY) -m bench.autoscale
-	$(PY) -m bench.backends
-	$(PY) -m bench.privacy
-	$(PY) -m bench.soak --minutes 2
+	$(PY) -m bench.report $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .devstack .pytest_cache .ruff_cache
