@@ -292,7 +292,7 @@ class Client:
         self,
         input: str | list[str],
         *,
-        model: str | None = None,
+        model: str = "all-MiniLM-L6-v2",
         dimensions: int | None = None,
     ) -> Embeddings:
         """OpenAI's embeddings API, at once (no job); ``.vectors`` stacks them."""
