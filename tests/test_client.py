@@ -14,6 +14,7 @@ from convoq_client import (
     AsyncClient,
     Client,
     Conflict,
+    ConnectionFailed,
     NotFound,
     Unauthorized,
     ValidationError,
@@ -21,6 +22,7 @@ from convoq_client import (
 
 from services.tenants import create_api_key
 from tests.api_server import api_server
+from tests.support import free_port
 
 SLOW_TENANT = f"client-slow-{uuid.uuid4().hex[:8]}"
 DIMENSIONS = 384
@@ -231,6 +233,10 @@ def test_errors_carry_the_api_code(api, make_tenant):
 
     asyncio.run(async_missing())
 
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    with Client(nowhere, "k", max_retries=2, backoff=0.01) as lost, pytest.raises(ConnectionFailed):
+        lost.queues()
+
 
 def test_retried_post_after_dropped_connection_makes_one_job(api, make_tenant):
     transport = Recorder(drop_first=True)
@@ -244,14 +250,15 @@ def test_retried_post_after_dropped_connection_makes_one_job(api, make_tenant):
 
 
 def test_retries_a_real_429_after_retry_after(api, slow_key):
+    # Five quick requests at 2 a second fall in at most two windows: one must be refused.
     transport = Recorder()
-    with Client(api.base_url, slow_key, transport=transport) as convoq:
+    with Client(api.base_url, slow_key, transport=transport, backoff=0.05) as convoq:
         started = time.monotonic()
-        for _ in range(4):
+        for _ in range(5):
             assert "gpu" in convoq.queues()
         elapsed = time.monotonic() - started
     statuses = [status for _, _, status, _ in transport.seen]
     assert 429 in statuses, statuses
-    assert statuses[-1] == 200
-    assert statuses.count(200) == 4
-    assert elapsed >= 0.5  # it waited for Retry-After rather than hammering
+    assert statuses.count(200) == 5
+    # Retry-After is at least 1 s; the backoff alone (0.05 s) would have come back sooner.
+    assert elapsed >= 1.0, statuses
