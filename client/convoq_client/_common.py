@@ -7,13 +7,14 @@ import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
 from convoq_client import _vectors
-from convoq_client.errors import ConvoqError, error_for
+from convoq_client.errors import ConnectionFailed, ConvoqError, error_for
 from convoq_client.models import Embeddings, Job, Queue
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -76,8 +77,6 @@ def retry_after(value: str | None) -> float | None:
         moment = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    from datetime import UTC, datetime
-
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
@@ -134,8 +133,6 @@ def raise_for(response: httpx.Response) -> None:
 
 
 def connection_failed(error: Exception) -> ConvoqError:
-    from convoq_client.errors import ConnectionFailed
-
     return ConnectionFailed(f"{type(error).__name__}: {error}", code="connection_failed")
 
 
