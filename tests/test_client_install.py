@@ -1,13 +1,14 @@
 """``pip install ./client`` in a fresh virtual environment brings httpx and pydantic, and
-nothing of the server: no torch, transformers, pymilvus or flask. Without numpy, vectors
-come back as lists."""
+Typer (which carries its own Click) and Rich for the ``convoq`` command, but nothing of
+the server: no torch, transformers, pymilvus or flask. Without numpy, vectors come back
+as lists. The installed ``convoq`` script runs."""
 
 import json
 import shutil
 import subprocess
 import venv
 
-from tests.support import ROOT
+from tests.support import ROOT, free_port
 
 SERVER_PACKAGES = ["torch", "transformers", "pymilvus", "flask", "celery", "sqlalchemy", "numpy"]
 
@@ -39,7 +40,7 @@ def test_fresh_venv_installs_only_the_client(tmp_path):
         check=True, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     installed = {package["name"].lower() for package in json.loads(listed.stdout)}
-    assert {"convoq-client", "httpx", "pydantic"} <= installed
+    assert {"convoq-client", "httpx", "pydantic", "typer", "rich"} <= installed
     assert not installed & {"torch", "transformers", "pymilvus", "flask", "celery", "numpy"}
 
     probe = subprocess.run(
@@ -49,3 +50,16 @@ def test_fresh_venv_installs_only_the_client(tmp_path):
     assert answer["client"] == "Client"
     assert answer["missing"] == SERVER_PACKAGES
     assert answer["decoded"] == [[0.5, -1.0, 2.0]]  # lists, as numpy is absent
+
+    # The entry point is installed, and a missing API is exit 2 with one line.
+    helped = subprocess.run(
+        [env_dir / "bin" / "convoq", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert helped.returncode == 0, helped.stderr
+    assert "queues" in helped.stdout
+    lost = subprocess.run(
+        [env_dir / "bin" / "convoq", "queues"], capture_output=True, text=True, timeout=60,
+        env={"CONVOQ_URL": f"http://127.0.0.1:{free_port()}", "CONVOQ_MAX_RETRIES": "0"},
+    )  # fmt: skip
+    assert lost.returncode == 2
+    assert lost.stderr.startswith("error: connection_failed: ")
