@@ -68,12 +68,18 @@ def test_embed_from_stdin_and_json_output(api, key, home):
     assert "succeeded" in shown.stdout
     assert f"vectors: 2 x {DIMENSIONS}" in shown.stdout
 
-    listed = convoq("jobs", home=home, **env)
+    text = "The parcel left Zurich on Monday. It reached Bern on Tuesday. " * 3
+    summary = convoq("summarize", "-", "--method", "extractive", home=home, stdin=text, **env)
+    assert summary.returncode == 0, summary.stderr
+    assert "summarize  succeeded" in summary.stdout
+    assert "Bern" in summary.stdout.split("\n", 1)[1]  # the summary under the status line
+
+    listed = convoq("jobs", "--type", "embed", home=home, **env)
     assert listed.returncode == 0, listed.stderr
     assert job["id"] in listed.stdout
-    assert [j["id"] for j in json.loads(convoq("jobs", "--json", home=home, **env).stdout)] == [
-        job["id"]
-    ]
+    every = json.loads(convoq("jobs", "--json", home=home, **env).stdout)
+    assert [j["type"] for j in every] == ["summarize", "embed"]  # newest first
+    assert every[1]["id"] == job["id"]
 
 
 def test_conversation_wait_search_export_erase(api, key, home, tmp_path):
