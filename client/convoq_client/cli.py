@@ -4,7 +4,8 @@ The URL and key come from ``--url``/``--key``, then ``CONVOQ_URL``/``CONVOQ_KEY`
 ``~/.config/convoq/config.toml`` (``url = "..."``, ``key = "..."``). Every command takes
 ``--json`` for scripts. Exit codes: 0 on success, 1 on an API error (one line on stderr,
 ``error: <code>: <message>``) or a job that ended failed or canceled, 2 when the API
-cannot be reached (and for a bad command line, as Click does)."""
+cannot be reached (and for a bad command line, as Click does), 130 on Ctrl-C.
+``CONVOQ_MAX_RETRIES`` (or ``max_retries`` in the file) bounds the client's retries."""
 
 import functools
 import json
@@ -68,10 +69,16 @@ def resolve() -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConvoqError(f"{path}: {exc}", code="bad_config") from exc
     retries = os.environ.get("CONVOQ_MAX_RETRIES") or file.get("max_retries", 4)
+    try:
+        retries = int(retries)
+    except ValueError:
+        raise ConvoqError(
+            f"max_retries must be a whole number, not {retries!r}", code="bad_config"
+        ) from None
     return {
         "base_url": settings.url or os.environ.get("CONVOQ_URL") or file.get("url"),
         "api_key": settings.key or os.environ.get("CONVOQ_KEY") or file.get("key"),
-        "max_retries": int(retries),
+        "max_retries": retries,
     }
 
 
@@ -103,6 +110,8 @@ def handled(function: F) -> F:
             raise fail("timeout", str(exc)) from None
         except OSError as exc:
             raise fail("io_error", str(exc)) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -436,7 +445,7 @@ def show_erasure(erasure: Erasure) -> None:
 @handled
 def export(
     user: Annotated[str, typer.Option(help="The user_id whose data to export.")],
-    as_json: JsonFlag = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Accepted; the export is JSON.")] = False,
 ) -> None:
     """Everything stored for a user, as JSON on stdout (redirect it to a file)."""
     with client() as convoq:
