@@ -1,7 +1,7 @@
-"""``pip install ./client`` in a fresh virtual environment brings httpx and pydantic, and
-Typer (which carries its own Click) and Rich for the ``convoq`` command, but nothing of
-the server: no torch, transformers, pymilvus or flask. Without numpy, vectors come back
-as lists. The installed ``convoq`` script runs."""
+"""``pip install ./client`` in a fresh virtual environment brings httpx and pydantic and
+nothing of the server: no torch, transformers, pymilvus or flask. Without numpy, vectors
+come back as lists. ``./client[cli]`` adds Typer and Rich, and the ``convoq`` command
+runs; without them it says how to get them."""
 
 import json
 import shutil
@@ -40,8 +40,9 @@ def test_fresh_venv_installs_only_the_client(tmp_path):
         check=True, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     installed = {package["name"].lower() for package in json.loads(listed.stdout)}
-    assert {"convoq-client", "httpx", "pydantic", "typer", "rich"} <= installed
+    assert {"convoq-client", "httpx", "pydantic"} <= installed
     assert not installed & {"torch", "transformers", "pymilvus", "flask", "celery", "numpy"}
+    assert not installed & {"typer", "rich"}
 
     probe = subprocess.run(
         [python, "-c", PROBE], check=True, capture_output=True, text=True, timeout=60, cwd=tmp_path
@@ -51,7 +52,19 @@ def test_fresh_venv_installs_only_the_client(tmp_path):
     assert answer["missing"] == SERVER_PACKAGES
     assert answer["decoded"] == [[0.5, -1.0, 2.0]]  # lists, as numpy is absent
 
-    # The entry point is installed, and a missing API is exit 2 with one line.
+    # The entry point is installed; without the cli extra it says what to install.
+    bare = subprocess.run(
+        [env_dir / "bin" / "convoq", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert bare.returncode == 2
+    assert bare.stderr.startswith("error: missing_dependency: ")
+    assert "convoq-client[cli]" in bare.stderr
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", f"{source}[cli]"],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+
+    # With it, the command runs, and a missing API is exit 2 with one line.
     helped = subprocess.run(
         [env_dir / "bin" / "convoq", "--help"], capture_output=True, text=True, timeout=60
     )
