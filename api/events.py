@@ -9,7 +9,9 @@ and started again included::
 
 A stream sends the row's state when its id is above the last one sent (or
 the client's ``Last-Event-ID``), so a client that reconnects gets what
-changed since, and nothing twice. It is woken by the same per-process
+changed since, and nothing twice. A state that passes faster than the stream
+reads the row (a job started and finished between two reads) is passed over:
+the stream always ends with the final state. It is woken by the same per-process
 listener as the sync wait (``services.notify``, which workers tell when jobs
 start, make progress or end); it also reads the row at each keepalive, so a
 lost notification costs time only. A stream ends with the job's final event

@@ -12,7 +12,7 @@ from tests.api_server import api_server
 from tests.support import ROOT
 
 # Examples per operation and phase: the whole run stays near a minute on 2 cores.
-MAX_EXAMPLES = 5
+MAX_EXAMPLES = 3
 
 
 @pytest.mark.timeout(300)

@@ -187,9 +187,12 @@ def test_events_follow_the_job_in_order_and_end_with_it(own, headers):
     rest = list(seen)
     events.response.close()
     names = [event["event"] for event in rest]
-    assert names[0] == "running", names
+    # Events are the row's states as the stream reads them: one that lasted less
+    # than a read (running, on a loaded machine) may be passed over, never reordered.
     assert names[-1] == "succeeded", names
-    assert set(names[1:-1]) <= {"progress"}, names
+    assert names[:-1] == sorted(names[:-1], key=lambda name: name != "running"), names
+    assert set(names[:-1]) <= {"running", "progress"}, names
+    assert names.count("running") <= 1, names
     ids = [first["event_id"], *(event["event_id"] for event in rest)]
     assert [key(i) for i in ids] == sorted({key(i) for i in ids}), ids  # strictly increasing
     assert [event["progress"]["done"] for event in rest] == sorted(

@@ -308,7 +308,7 @@ def redeliver_unacked(client):
 
 
 # Each round costs ~30 s (both workers restart); the soak (bench/soak.py) runs longer.
-KILL_ROUNDS = 3
+KILL_ROUNDS = 2
 
 
 def kill_round(client, headers, workers):
@@ -348,7 +348,7 @@ def kill_round(client, headers, workers):
 def test_kill_9_of_each_worker_mid_work_at_default_settings(
     settings, stack, headers, worker_env, tmp_path, memory_store
 ):
-    """Three rounds: the cpu worker is killed while it indexes a conversation (its
+    """Two rounds: the cpu worker is killed while it indexes a conversation (its
     vectors written, the job not yet done) and the gpu worker mid-batch, with
     jobs queued behind; both come back under their old hostnames. A publish is
     dropped in the first round. Each job ends ``succeeded`` within 60 s of its
