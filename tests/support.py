@@ -244,3 +244,41 @@ def private_broker(redis_url: str, db: int) -> Iterator[str]:
         yield url
     finally:
         client.flushdb()
+
+
+@contextmanager
+def running_flower(
+    worker_env: Mapping[str, str], credentials: tuple[str, str], log_path: Path
+) -> Iterator[str]:
+    """Flower as ``make run`` starts it, with basic auth; its URL once it answers."""
+    import requests
+
+    port = free_port()
+    env = {
+        **worker_env,
+        "FLOWER_BASIC_AUTH": ":".join(credentials),
+        "FLOWER_ADDRESS": "127.0.0.1",
+        "FLOWER_PORT": str(port),
+    }
+    # Flower's own metrics are single-process: the variable must be absent, not empty.
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "--app", "worker.celery_app:celery_app", "flower"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert process.poll() is None, log_path.read_text()
+        try:
+            return requests.get(f"{url}/healthcheck", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_for(up, 60, "Flower to answer", interval=0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)

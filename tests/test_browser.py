@@ -7,8 +7,6 @@ fresh browser; a screenshot of every page checked is saved under the test's tmp_
 import base64
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +22,13 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.api_server import api_server
 from tests.browser_setup import ChromiumUnavailable, ensure_chromium
-from tests.support import ROOT, free_port, metric_value, submit_embed, wait_for, wait_for_job
+from tests.support import (
+    metric_value,
+    running_flower,
+    submit_embed,
+    wait_for,
+    wait_for_job,
+)
 
 FLOWER_CREDENTIALS = ("ops", "browser-s3cret")
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -197,34 +201,8 @@ def test_docs_lists_every_operation_and_submits_a_job(browser, api, make_tenant,
 def flower(worker_env, tmp_path_factory) -> Iterator[str]:
     """Flower as ``make run`` starts it: basic auth on every page (see tests/test_flower.py)."""
     log_path = tmp_path_factory.mktemp("browser-flower") / "flower.log"
-    port = free_port()
-    env = {
-        **worker_env,
-        "FLOWER_BASIC_AUTH": ":".join(FLOWER_CREDENTIALS),
-        "FLOWER_ADDRESS": "127.0.0.1",
-        "FLOWER_PORT": str(port),
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "--app", "worker.celery_app:celery_app", "flower"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert process.poll() is None, log_path.read_text()
-        try:
-            return requests.get(f"{url}/healthcheck", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    try:
-        wait_for(up, 60, "Flower to answer", interval=0.2)
+    with running_flower(worker_env, FLOWER_CREDENTIALS, log_path) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def test_flower_needs_credentials_then_shows_workers_and_tasks(

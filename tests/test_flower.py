@@ -1,48 +1,26 @@
 """Flower, as ``make run`` starts it: basic auth on its UI and API, tasks seen from events."""
 
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 import requests
 
-from tests.support import ROOT, free_port, metric_value, submit_embed, wait_for, wait_for_job
+from tests.support import (
+    ROOT,
+    metric_value,
+    running_flower,
+    submit_embed,
+    wait_for,
+    wait_for_job,
+)
 
 CREDENTIALS = ("ops", "s3cret-for-tests")
 
 
 @pytest.fixture
 def flower(worker_env, tmp_path) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **worker_env,
-        "FLOWER_BASIC_AUTH": ":".join(CREDENTIALS),
-        "FLOWER_ADDRESS": "127.0.0.1",
-        "FLOWER_PORT": str(port),
-    }
-    # Flower's own metrics are single-process: the variable must be absent, not empty.
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log = (tmp_path / "flower.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "--app", "worker.celery_app:celery_app", "flower"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert process.poll() is None, (tmp_path / "flower.log").read_text()
-        try:
-            return requests.get(f"{url}/healthcheck", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    try:
-        wait_for(up, 60, "Flower to answer", interval=0.2)
+    with running_flower(worker_env, CREDENTIALS, tmp_path / "flower.log") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def test_flower_api_needs_credentials(flower):
