@@ -22,6 +22,7 @@ import psutil
 import redis
 
 from api import create_app
+from bench.figures import record
 from bench.stack import bench_settings, local_services
 from bench.workload import DONE_COUNTER, SLEEP_TASK
 from config import Settings
@@ -97,6 +98,13 @@ def main() -> None:
     print(f"grew to {args.max} processes: {grown} after the first publish")
     shrunk = "n/a" if scaled.shrunk_after is None else f"{scaled.shrunk_after:.1f} s"
     print(f"shrank to 1 process: {shrunk} after the queue drained (idle window {args.idle:g} s)")
+    record(f"{args.tasks} tasks: drain, fixed pool of 1", fixed.seconds, "s")
+    record(f"{args.tasks} tasks: drain, autoscaled ({args.max},1)", scaled.seconds, "s")
+    record("ratio fixed ÷ autoscaled drain time", fixed.seconds / scaled.seconds, digits=2)
+    if scaled.grown_after is not None:
+        record(f"grew to {args.max} processes after the first publish", scaled.grown_after, "s")
+    if scaled.shrunk_after is not None:
+        record("shrank to 1 process after the queue drained", scaled.shrunk_after, "s")
 
 
 if __name__ == "__main__":

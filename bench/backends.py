@@ -26,6 +26,7 @@ from pathlib import Path
 
 import inference  # noqa: F401  # isort: skip  (before torch: env as in a worker)
 
+from bench.figures import record
 from bench.stack import bench_settings, local_services, run_clients, running_stack
 from bench.summarize import make_texts, save_t5_small_sized
 from bench.texts import text
@@ -103,12 +104,17 @@ def main() -> None:
     for backend in BACKENDS:
         figures = "".join(f"{raw[backend][b]:11.1f}" for b in BATCHES)
         print(f"  {backend:<23}{figures}   {cosines[backend]:.6f}")
+        for b in BATCHES:
+            record(f"raw encode, {backend}, batch {b}", raw[backend][b], "texts/s")
+        record(f"min cosine of {backend} to torch", cosines[backend], digits=6)
 
     summaries = t5_rates(make_texts(args.t5_texts, 100), args.new_tokens)
     print(f"T5 (t5-small size, batch 16, {args.new_tokens} new tokens), summaries/s")
     for backend, figure in summaries.items():
         shown = f"{figure:8.2f}" if isinstance(figure, float) else figure
         print(f"  {backend:<23}{shown}")
+        if isinstance(figure, float):
+            record(f"T5 summaries, {backend}, batch 16", figure, "texts/s", digits=2)
 
     exact = [b for b in BACKENDS if b not in APPROXIMATE]
     fastest = args.e2e_backend or max(exact, key=lambda b: raw[b][64])
@@ -138,6 +144,13 @@ def main() -> None:
         f"{jobs_per_second / torch_64:6.3f}  goal ≥ 2.0"
     )
     print(f"(min cosine of {fastest} to torch on the bench texts: {cosines[fastest]:.6f})")
+    record(f"1-text jobs, {args.clients} clients, store, {fastest}", jobs_per_second, "texts/s")
+    record(f"1-text jobs, {fastest}: p50 submit→succeeded", p50 * 1000, "ms", digits=0)
+    record(
+        f"ratio 1-text jobs ({fastest}) ÷ raw torch encode batch 64",
+        jobs_per_second / torch_64,
+        digits=3,
+    )
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.figures import record
 from bench.procstat import (
     CpuMeter,
     ProcessRole,
@@ -62,6 +63,7 @@ from bench.stack import (
     running_stack,
 )
 from bench.texts import text
+from inference.model_cpu import SAMPLE_SECONDS as MODEL_SAMPLE_SECONDS
 
 WAIT_SECONDS = 30
 # A long poll answered with a non-final status sooner than this was not held.
@@ -252,11 +254,15 @@ def run_mode(
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, range(first, first + clients)))
+        # The model's CPU counter is brought up to date once a second: read it only once
+        # the idle model's last sample is in, before and after.
+        time.sleep(MODEL_SAMPLE_SECONDS + 0.3)
         before = worker_counters(stack.gpu_worker.metrics_url)
         with meter.measure() as reading:
             started = time.perf_counter()
             outcomes = list(pool.map(one, range(first + clients, first + clients + jobs)))
             elapsed = time.perf_counter() - started
+        time.sleep(MODEL_SAMPLE_SECONDS + 0.3)
         after = worker_counters(stack.gpu_worker.metrics_url)
     delta = {name: after[name] - before[name] for name in after if name in before}
     model = delta.get("model")
@@ -292,6 +298,24 @@ def table(results: list[ModeResult]) -> list[list[str]]:
         f"{r.wait_applied}/{r.jobs}" if r.mode.prefer_wait else "-" for r in results
     )])  # fmt: skip
     return rows
+
+
+def record_figures(results: list[ModeResult], clients: int) -> None:
+    """The report's rows: CPU ms per job by process, the rate and the latencies, per mode
+    (numbered when a mode ran more than once)."""
+    seen: dict[str, int] = {}
+    for result in results:
+        seen[result.label] = seen.get(result.label, 0) + 1
+        run = f" (run {seen[result.label]})" if seen[result.label] > 1 else ""
+        where = f"{result.label}{run}, {clients} clients"
+        for role in SERVER_ROLES:
+            record(f"{where}: CPU ms per job, {role}", result.per_job_ms(result.cpu[role]), "ms")
+        record(f"{where}: CPU ms per job, server total", result.per_job_ms(result.server), "ms")
+        if result.model is not None:
+            record(f"{where}: CPU ms per job, model", result.per_job_ms(result.model), "ms")
+        record(f"{where}: jobs/s", result.jobs_per_second, "jobs/s")
+        record(f"{where}: p50 latency", result.latency(0.5) * 1000, "ms", digits=0)
+        record(f"{where}: p95 latency", result.latency(0.95) * 1000, "ms", digits=0)
 
 
 def plain(rows: list[list[str]]) -> str:
@@ -353,6 +377,7 @@ def main() -> None:
     if any(result.model is None for result in results):
         print(f"model: the gpu worker has no {MODEL_COUNTER} counter (n/a)")
     rows = table(results)
+    record_figures(results, args.clients)
     print()
     print(plain(rows))
     if args.markdown:

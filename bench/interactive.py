@@ -28,6 +28,7 @@ from typing import Any
 import requests
 
 from bench.cost import markdown, plain, roles
+from bench.figures import record
 from bench.procstat import CpuMeter, cpu_description
 from bench.stack import RunningStack, bench_settings, local_services, running_stack
 from bench.texts import text
@@ -143,6 +144,15 @@ def main() -> None:
             [f"CPU ms per text embedded in the phase: {role}", f"{seconds / texts * 1e3:.2f}", ""]
         )
     rows.append(["requests in the backlog phase (jobs and searches)", str(jobs), ""])
+    record("search p50 idle", quantile(idle, 0.5) * 1e3, "ms", digits=0)
+    record("search p95 idle", quantile(idle, 0.95) * 1e3, "ms", digits=0)
+    record("search p50 during a bulk backlog", quantile(busy, 0.5) * 1e3, "ms", digits=0)
+    record("search p95 during a bulk backlog (goal ≤ 500)", quantile(busy, 0.95) * 1e3, "ms", 0)
+    record("another tenant's one-text job behind the backlog (goal ≤ 2)", b_seconds, "s", 2)
+    record(f"backlog of {args.jobs} x {args.texts} texts drained in", drain_seconds, "s")
+    record("texts/s of the backlog", args.jobs * args.texts / drain_seconds, "texts/s", 0)
+    for role, seconds in reading.seconds.items():
+        record(f"CPU ms per text embedded in the backlog: {role}", seconds / texts * 1e3, "ms", 2)
     print(cpu_description())
     print(f"idle search mean {statistics.mean(idle) * 1e3:.0f} ms")
     print(plain(rows))

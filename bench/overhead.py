@@ -24,6 +24,7 @@ from pathlib import Path
 
 import redis
 
+from bench.figures import record
 from bench.stack import bench_settings, local_services, run_clients, running_stack
 from devstack.stack import ROOT
 from tests.support import subprocess_env, wait_for
@@ -97,6 +98,12 @@ def main() -> None:
     )
     print(f"ratio jobs/s ÷ no-op tasks/s:              {jobs_per_second / noop:8.3f}")
     print(f"ratio jobs/s ÷ raw encode batch 1:         {jobs_per_second / encode:8.3f}")
+    record("raw Celery no-op (prefork 2, 1 publisher)", noop, "tasks/s")
+    record("raw encode, batch 1", encode, "texts/s")
+    record(f"one-text embed jobs, {args.clients} clients", jobs_per_second, "jobs/s")
+    record("one-text embed jobs: p50 submit→succeeded", p50 * 1000, "ms", digits=0)
+    record("ratio jobs/s ÷ no-op tasks/s", jobs_per_second / noop, digits=3)
+    record("ratio jobs/s ÷ raw encode batch 1", jobs_per_second / encode, digits=3)
 
 
 if __name__ == "__main__":

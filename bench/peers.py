@@ -48,6 +48,7 @@ import psutil
 import requests
 
 from bench import infinity
+from bench.figures import record
 from bench.procstat import CpuMeter, ProcessRole, cpu_description, descendants, pids_named
 from bench.stack import FIRST_POLL_SECONDS, MAX_POLL_SECONDS, RunningStack
 from bench.texts import text
@@ -484,6 +485,23 @@ def table_rows(results: list[Result]) -> list[list[str]]:
     return rows
 
 
+def record_figures(workload: Workload, results: list[Result]) -> None:
+    """The report's rows for one workload: rate, latencies and server CPU per target,
+    and convoq's ratios to the best peer."""
+    peers = [r for r in results if r.target.startswith("infinity")]
+    best = max(peers, key=lambda r: r.rate) if peers else None
+    for r in results:
+        where = f"{workload.name}, {r.target}"
+        record(f"{where}: texts/s", r.rate, "texts/s")
+        record(f"{where}: p50", r.p50 * 1000, "ms", digits=0)
+        record(f"{where}: p95", r.p95 * 1000, "ms", digits=0)
+        record(f"{where}: server CPU per 1k texts", r.server_cpu, "s", digits=2)
+        if best and r is not best:
+            record(f"{where}: texts/s ÷ best peer", r.rate / best.rate, digits=2)
+            if best.server_cpu:
+                record(f"{where}: server CPU ÷ best peer", r.server_cpu / best.server_cpu, digits=2)
+
+
 def format_table(rows: list[list[str]], markdown: bool) -> str:
     if markdown:
         lines = ["| " + " | ".join(COLUMNS) + " |", "|---" + "|---:" * (len(COLUMNS) - 1) + "|"]
@@ -546,6 +564,7 @@ def report(run: Run, install: infinity.Install, markdown: bool) -> None:
             print("(no results)")
             continue
         print(format_table(table_rows(results), markdown))
+        record_figures(workload, results)
         if markdown:
             print()
         for r in results:

@@ -32,6 +32,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from bench.figures import record
 from bench.stack import bench_settings
 from bench.texts import text
 from config.encryption import KeyRing, generate_key
@@ -152,9 +153,14 @@ def main() -> None:
     print("PII redaction, CPU µs per call (median of 5 rounds):")
     for name, value in redaction_rows():
         print(f"  {name:<45} {value:10.1f}")
+        record(f"redaction CPU per call: {name}", value, "µs")
     print("\nEncryption per value, CPU µs (100-character message):")
     for name, value in cipher_rows():
         print(f"  {name:<45} {value:10.1f}")
+        if "bytes" in name:
+            record(f"encryption: {name}", value, digits=0)
+        else:
+            record(f"encryption CPU per value: {name}", value, "µs")
 
     ensure_database(args.database_url)
     migrate(args.database_url)
@@ -167,6 +173,8 @@ def main() -> None:
             with context():
                 cpu, wall = conversation_jobs(args.database_url, args.jobs)
             print(f"  {f'{name} (run {round_ + 1})':<20} {cpu:12.2f} {wall:12.2f}")
+            where = f"conversation job's statements, {name} (run {round_ + 1})"
+            record(f"{where}: CPU ms per job", cpu, "ms", digits=2)
 
 
 if __name__ == "__main__":

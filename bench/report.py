@@ -11,8 +11,14 @@
    latency against concurrency, and CPU ms per job by process at 32 clients
    (16 with ``--quick``).
 2. Every other benchmark module as a subprocess with its own flags (smaller
-   ones with ``--quick``); its printed figures go verbatim into the report,
-   and the table records whether it ran and how long it took.
+   ones with ``--quick``). Each figure it hands over with
+   :func:`bench.figures.record` is a row of the table; what it printed goes
+   verbatim into the report below the table, and the table records whether
+   it ran and how long it took.
+
+A full run (neither ``--quick``, ``--only`` nor ``--no-sweep``) also puts the
+table and the plots into the README's Performance section, between its two
+``bench.report`` markers.
 
 The writer (:func:`write_report`) takes only data (:class:`Report`), so the
 table and the plots are tested without running any benchmark
@@ -26,13 +32,18 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench.figures import FIGURES_FILE_ENV, Figure
+from bench.figures import read as read_figures
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 4, 16, 32, 64)
@@ -94,6 +105,7 @@ class BenchRun:
     seconds: float
     returncode: int
     output: str
+    figures: list[Figure] = field(default_factory=list)
 
 
 @dataclass
@@ -137,6 +149,7 @@ def figure_rows(report: Report) -> list[list[str]]:
         total = sum(report.cpu_ms_per_job.values())
         rows.append(["cpu", "CPU ms per one-text job: server total", f"{total:.1f}"])
     for run in report.runs:
+        rows += [[run.module, figure.name, figure.shown()] for figure in run.figures]
         status = "ok" if run.returncode == 0 else f"FAILED (exit {run.returncode})"
         rows.append([run.module, "ran", f"{status}, {run.seconds:.0f} s"])
     return rows
@@ -260,6 +273,39 @@ def write_report(report: Report, out: Path) -> list[Path]:
         ]
     out.write_text("\n".join(parts))
     return pngs
+
+
+README_START = "<!-- bench.report: start -->"
+README_END = "<!-- bench.report: end -->"
+
+
+def readme_block(report: Report, out: Path, pngs: Sequence[Path], readme: Path) -> str:
+    """What the README's Performance section shows of a report: where it came from, the
+    plots, and the whole table."""
+    cpu = report.machine.get("CPU", "unknown CPU")
+    where = os.path.relpath(out, readme.parent)
+    lines = [
+        README_START,
+        f"From `make bench` on {report.date}, git {report.versions.get('git', 'unknown')}, "
+        f"on {cpu}. The full report, with what each benchmark printed: [{where}]({where}).",
+        "",
+        *(f"![{png.stem}]({os.path.relpath(png, readme.parent)})" for png in pngs),
+        "",
+        markdown_table(figure_rows(report)),
+        README_END,
+    ]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, block: str) -> bool:
+    """Replace the text between the README's two markers with ``block``; False, and the
+    README untouched, when it has no such markers."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    readme.write_text(text[:start] + block + text[end + len(README_END) :])
+    return True
 
 
 # --- the machine and the versions ------------------------------------------------------------
@@ -396,6 +442,7 @@ def sweep_peer(
 
 def run_module(module: str, arguments: list[str], timeout: float) -> BenchRun:
     started = time.perf_counter()
+    figures_file = Path(tempfile.mkdtemp(prefix="convoq-bench-")) / "figures.jsonl"
     try:
         done = subprocess.run(
             [sys.executable, "-m", f"bench.{module}", *arguments],
@@ -403,7 +450,7 @@ def run_module(module: str, arguments: list[str], timeout: float) -> BenchRun:
             capture_output=True,
             text=True,
             timeout=timeout,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            env={**os.environ, "HF_HUB_OFFLINE": "1", FIGURES_FILE_ENV: str(figures_file)},
         )
         output, code = (
             done.stdout
@@ -412,7 +459,9 @@ def run_module(module: str, arguments: list[str], timeout: float) -> BenchRun:
         )
     except subprocess.TimeoutExpired as expired:
         output, code = f"timed out after {timeout:.0f} s\n{_tail(str(expired.stdout or ''))}", -1
-    return BenchRun(module, time.perf_counter() - started, code, output)
+    figures = read_figures(figures_file)
+    shutil.rmtree(figures_file.parent, ignore_errors=True)
+    return BenchRun(module, time.perf_counter() - started, code, output, figures)
 
 
 def _tail(text: str, lines: int = 15) -> str:
@@ -444,6 +493,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--only", nargs="*", help="of the subprocess benchmarks, run only these")
     parser.add_argument("--no-sweep", action="store_true", help="skip the concurrency sweep")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=ROOT / "README.md",
+        help="after a full run, put the table and plots between this file's bench.report markers",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -473,6 +528,9 @@ def main() -> None:
             advance()
     pngs = write_report(report, args.out)
     print(f"wrote {args.out} and {', '.join(p.name for p in pngs) or 'no plots'}")
+    complete = not (args.quick or args.no_sweep or args.only is not None)
+    if complete and update_readme(args.readme, readme_block(report, args.out, pngs, args.readme)):
+        print(f"updated the Performance section of {args.readme}")
 
 
 if __name__ == "__main__":

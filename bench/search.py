@@ -22,6 +22,7 @@ import numpy as np
 import requests
 from pymilvus import MilvusClient
 
+from bench.figures import record
 from bench.stack import bench_settings, local_services, running_stack
 from config import Settings
 from vectorstore import MemoryKind, MemoryStore, memory_id
@@ -127,8 +128,11 @@ def main() -> None:
         ("convoq POST /v1/search", convoq_times),
     ):
         print(f"{name:<30} p50 {p(times, 0.5):7.1f} ms   p95 {p(times, 0.95):7.1f} ms")
+        record(f"{args.vectors} vectors, {name}: p50", p(times, 0.5), "ms")
+        record(f"{args.vectors} vectors, {name}: p95", p(times, 0.95), "ms")
     ratio = statistics.median(convoq_times) / statistics.median(raw_times)
     print(f"ratio of p50s (convoq ÷ raw): {ratio:7.2f}   goal ≤ 1.5")
+    record("ratio of p50s, convoq ÷ raw (goal ≤ 1.5)", ratio, digits=2)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import requests
 from sqlalchemy import func, select
 
+from bench.figures import record
 from bench.procstat import PROC, cpu_description, descendants, listening_pid
 from bench.stack import RunningStack, bench_settings, local_services, supervised_stack
 from bench.texts import text
@@ -219,6 +220,8 @@ def print_memory(start: dict[str, tuple[int, float]], end: dict[str, tuple[int, 
     total_end = sum(mib for _, mib in end.values())
     print(f"{'total':22} {'':3} {total_start:8.1f} {'':3} {total_end:8.1f} "
           f"{total_end - total_start:+8.1f}")  # fmt: skip
+    record("RSS of the whole stack at the start", total_start, "MiB")
+    record("RSS of the whole stack at the end", total_end, "MiB")
 
 
 def report(stack: RunningStack, tally: Tally, args: argparse.Namespace, drained: float) -> None:
@@ -247,6 +250,9 @@ def report(stack: RunningStack, tally: Tally, args: argparse.Namespace, drained:
         f"{total_accepted - total_succeeded} of {total_accepted}"
     )
     print(f"late sends (all {SENDERS} senders busy): {tally.late}")
+    record("jobs accepted", total_accepted, digits=0)
+    record("jobs lost (accepted - succeeded)", total_accepted - total_succeeded, digits=0)
+    record("errors", sum(tally.errors.values()), digits=0)
     print("errors by kind:" + ("" if tally.errors else " none"))
     for what, count in sorted(tally.errors.items()):
         print(f"  {what}: {count}")

@@ -28,6 +28,7 @@ import inference  # noqa: F401  # isort: skip  (before torch: env as in a worker
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
+from bench.figures import record
 from inference.t5 import PREFIX, T5Summarizer
 from tests.tiny_t5 import CORPUS, build_tokenizer
 
@@ -118,6 +119,9 @@ def main() -> None:
     print(f"raw model.generate (pre-tokenized): {max(raw):6.2f} texts/s ({rounds(raw)})")
     print(f"T5Summarizer.summarize_many:        {max(convoq):6.2f} texts/s ({rounds(convoq)})")
     print(f"ratio summarize_many ÷ raw:         {max(convoq) / max(raw):6.3f} (goal ≥ 0.85)")
+    record("raw model.generate, t5-small size, pre-tokenized", max(raw), "texts/s", digits=2)
+    record("T5Summarizer.summarize_many", max(convoq), "texts/s", digits=2)
+    record("ratio summarize_many ÷ raw (goal ≥ 0.85)", max(convoq) / max(raw), digits=3)
 
 
 if __name__ == "__main__":

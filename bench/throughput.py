@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from bench.cost import SERVER_ROLES, roles
+from bench.figures import record
 from bench.procstat import CpuMeter, cpu_description
 from bench.stack import bench_settings, local_services, run_clients, running_stack
 from bench.texts import text
@@ -81,6 +82,7 @@ def main() -> None:
     print(cpu_description())
     for batch_size, rate in raw.items():
         print(f"raw encode ({backend}), batch {batch_size:>3}:          {rate:8.1f} texts/s")
+        record(f"raw encode ({backend}), batch {batch_size}", rate, "texts/s")
     print(
         f"convoq 1-text jobs, {args.clients} clients, store:  {small:8.1f} texts/s"
         f"   (p50 submit→succeeded {small_p50 * 1000:.0f} ms)"
@@ -102,6 +104,18 @@ def main() -> None:
             f"{role} {reading.seconds[role] / jobs * 1000:.1f}" for role in SERVER_ROLES
         )
         print(f"CPU ms per job, {label}: server {server / jobs * 1000:.1f} ({parts})")
+        record(f"CPU ms per job, {label}: server total", server / jobs * 1000, "ms")
+    where = f"{args.clients} clients, store"
+    record(f"1-text jobs, {where}", small, "texts/s")
+    record(f"1-text jobs, {where}: p50 submit→succeeded", small_p50 * 1000, "ms", digits=0)
+    record(f"64-text jobs, {where}", large * 64, "texts/s")
+    record(f"64-text jobs, {where}: p50 submit→succeeded", large_p50 * 1000, "ms", digits=0)
+    record(f"ratio 1-text jobs ÷ raw best, batch {best_batch} (goal ≥ 0.80)", small / best, "", 3)
+    record(
+        f"ratio 64-text jobs ÷ raw best, batch {best_batch} (goal ≥ 0.90)",
+        large * 64 / best,
+        digits=3,
+    )
 
 
 @contextmanager

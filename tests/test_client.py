@@ -249,6 +249,87 @@ def test_retried_post_after_dropped_connection_makes_one_job(api, make_tenant):
         assert [listed.id for listed in convoq.list_jobs()] == [job.id]
 
 
+def test_retried_cancel_after_dropped_answer_returns_the_canceled_job(api, make_tenant):
+    key = key_of(make_tenant)
+    with Client(api.base_url, key, timeout=60) as plain:
+        victim = plain.submit_batch(
+            [{"type": "embed", "texts": ["backlog " * 50] * 64} for _ in range(4)]
+        )[-1]
+    transport = Recorder(drop_first=True)
+    with Client(api.base_url, key, transport=transport, backoff=0.05) as convoq:
+        try:
+            canceled = convoq.cancel(victim.id)
+        except Conflict as finished:
+            canceled = finished
+        if isinstance(canceled, Conflict):  # the workers were quicker than the first try
+            assert canceled.details[0]["status"] == "succeeded"
+            return
+        assert canceled.status == "canceled"
+        assert canceled.id == victim.id
+        cancels = [status for method, path, status, _ in transport.seen if path.endswith("cancel")]
+        assert cancels == [200, 409]  # the first try canceled it; its answer was lost
+
+        with pytest.raises(Conflict):  # not retried: a cancel of an ended job still fails
+            convoq.cancel(victim.id)
+
+
+class FlakyEvents(httpx.BaseTransport):
+    """Fault injection for the event stream: its first request never connects, its second
+    is refused with 503 and ``Retry-After: 0``; then requests go through to the API."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.stream_requests = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            self.stream_requests += 1
+            if self.stream_requests == 1:
+                raise httpx.ConnectError("connection refused", request=request)
+            if self.stream_requests == 2:
+                body = {"error": {"code": "unavailable", "message": "restarting"}}
+                return httpx.Response(503, json=body, headers={"Retry-After": "0"})
+        return self.inner.handle_request(request)
+
+
+class AsyncFlakyEvents(httpx.AsyncBaseTransport):
+    def __init__(self) -> None:
+        self.sync = FlakyEvents()
+        self.inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events") and self.sync.stream_requests < 2:
+            return self.sync.handle_request(request)
+        return await self.inner.handle_async_request(request)
+
+
+def test_event_stream_reconnects_after_refusals(api, make_tenant):
+    key = key_of(make_tenant)
+    flaky = FlakyEvents()
+    with Client(api.base_url, key, transport=flaky, backoff=0.01, timeout=60) as convoq:
+        job = convoq.embed(["streamed after two failed connects"])
+        events = list(convoq.events(job.id))
+    assert flaky.stream_requests >= 3
+    assert events[-1].status == "succeeded"
+    assert events[-1].id == job.id
+
+    async def streamed() -> list:
+        flaky = AsyncFlakyEvents()
+        async with AsyncClient(
+            api.base_url, key, transport=flaky, backoff=0.01, timeout=60
+        ) as convoq:
+            job = await convoq.embed(["async, streamed after two failed connects"])
+            return [event async for event in convoq.events(job.id)], flaky.sync.stream_requests
+
+    async_events, requests = asyncio.run(streamed())
+    assert requests >= 2
+    assert async_events[-1].status == "succeeded"
+
+    no_retries = Client(api.base_url, key, transport=FlakyEvents(), max_retries=0)
+    with no_retries, pytest.raises(ConnectionFailed):  # the error, not a hang
+        list(no_retries.events(job.id))
+
+
 def test_retries_a_real_429_after_retry_after(api, slow_key):
     # Five quick requests at 2 a second fall in at most two windows: one must be refused.
     transport = Recorder()

@@ -9,7 +9,7 @@ import httpx
 
 from convoq_client import _common as c
 from convoq_client._vectors import ENCODING
-from convoq_client.errors import JobTimeout
+from convoq_client.errors import Conflict, JobTimeout
 from convoq_client.models import (
     AuditEntry,
     AuditPage,
@@ -62,6 +62,7 @@ class AsyncClient:
         attempt = 0
         while True:
             attempt += 1
+            call.tries = attempt
             response = None
             try:
                 response = await self._http.request(
@@ -229,37 +230,61 @@ class AsyncClient:
             cursor = page.next_cursor
 
     async def cancel(self, job_id: str) -> Job:
-        """Cancel a queued or running job; ``Conflict`` (``job_finished``) once it ended."""
-        return await self._send(c.Call("POST", f"/v1/jobs/{job_id}/cancel", c.job))
+        """Cancel a queued or running job; ``Conflict`` (``job_finished``) once it ended.
+        Retried after a lost answer, it returns the job its first try canceled."""
+        call = c.Call("POST", f"/v1/jobs/{job_id}/cancel", c.job)
+        try:
+            return await self._send(call)
+        except Conflict as error:
+            if c.canceled_by_an_earlier_try(call, error):
+                return await self.get_job(job_id)
+            raise
 
     async def delete_job(self, job_id: str) -> None:
         await self._send(c.Call("DELETE", f"/v1/jobs/{job_id}", lambda _: None))
 
     async def events(self, job_id: str, last_event_id: str | None = None) -> AsyncIterator[Job]:
-        """The job at each change of status or progress, until it ends (server-sent events,
-        reconnecting with ``Last-Event-ID`` when the server closes a long stream)."""
+        """The job at each change of status or progress, until it ends (server-sent events).
+        It reconnects with ``Last-Event-ID`` when the server closes a long stream, and after
+        a dropped connection, a 429 or a 503 with the same backoff as every other call."""
         parser = c.SSEParser()
         parser.last_id = last_event_id
+        failures = 0
         while True:
             headers = {"Accept": "text/event-stream"}
             if parser.last_id:
                 headers["Last-Event-ID"] = parser.last_id
-            latest = None
-            async with self._http.stream(
-                "GET", f"/v1/jobs/{job_id}/events", headers=headers,
-                timeout=httpx.Timeout(self.config.timeout, read=None),
-            ) as response:  # fmt: skip
-                if response.status_code == 204:
-                    return
-                if response.status_code >= 400:
-                    await response.aread()
-                    c.raise_for(response)
-                async for line in response.aiter_lines():
-                    event = parser.feed(line)
-                    if event is not None:
-                        latest = c.job(event[1])
-                        yield latest
-            if latest is not None and latest.done:
+            latest = refused = None
+            try:
+                async with self._http.stream(
+                    "GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                    timeout=httpx.Timeout(self.config.timeout, read=None),
+                ) as response:  # fmt: skip
+                    if response.status_code == 204:
+                        return
+                    if response.status_code >= 400:
+                        await response.aread()
+                        if c.retry_refused(response, failures, self.config):
+                            refused = response
+                        else:
+                            c.raise_for(response)
+                    else:
+                        async for line in response.aiter_lines():
+                            event = parser.feed(line)
+                            if event is not None:
+                                failures = 0
+                                latest = c.job(event[1])
+                                yield latest
+            except httpx.TransportError as exc:
+                if not c.retryable(exc) or failures >= self.config.max_retries:
+                    raise c.connection_failed(exc) from exc
+                failures += 1
+                await asyncio.sleep(self.config.delay(failures, None))
+                continue
+            if refused is not None:
+                failures += 1
+                await asyncio.sleep(self.config.delay(failures, refused))
+            elif latest is not None and latest.done:
                 return
 
     # -- memory -------------------------------------------------------------------

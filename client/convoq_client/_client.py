@@ -8,7 +8,7 @@ import httpx
 
 from convoq_client import _common as c
 from convoq_client._vectors import ENCODING
-from convoq_client.errors import JobTimeout
+from convoq_client.errors import Conflict, JobTimeout
 from convoq_client.models import (
     AuditEntry,
     AuditPage,
@@ -61,6 +61,7 @@ class Client:
         attempt = 0
         while True:
             attempt += 1
+            call.tries = attempt
             response = None
             try:
                 response = self._http.request(
@@ -225,37 +226,61 @@ class Client:
             cursor = page.next_cursor
 
     def cancel(self, job_id: str) -> Job:
-        """Cancel a queued or running job; ``Conflict`` (``job_finished``) once it ended."""
-        return self._send(c.Call("POST", f"/v1/jobs/{job_id}/cancel", c.job))
+        """Cancel a queued or running job; ``Conflict`` (``job_finished``) once it ended.
+        Retried after a lost answer, it returns the job its first try canceled."""
+        call = c.Call("POST", f"/v1/jobs/{job_id}/cancel", c.job)
+        try:
+            return self._send(call)
+        except Conflict as error:
+            if c.canceled_by_an_earlier_try(call, error):
+                return self.get_job(job_id)
+            raise
 
     def delete_job(self, job_id: str) -> None:
         self._send(c.Call("DELETE", f"/v1/jobs/{job_id}", lambda _: None))
 
     def events(self, job_id: str, last_event_id: str | None = None) -> Iterator[Job]:
-        """The job at each change of status or progress, until it ends (server-sent events,
-        reconnecting with ``Last-Event-ID`` when the server closes a long stream)."""
+        """The job at each change of status or progress, until it ends (server-sent events).
+        It reconnects with ``Last-Event-ID`` when the server closes a long stream, and after
+        a dropped connection, a 429 or a 503 with the same backoff as every other call."""
         parser = c.SSEParser()
         parser.last_id = last_event_id
+        failures = 0
         while True:
             headers = {"Accept": "text/event-stream"}
             if parser.last_id:
                 headers["Last-Event-ID"] = parser.last_id
-            latest = None
-            with self._http.stream(
-                "GET", f"/v1/jobs/{job_id}/events", headers=headers,
-                timeout=httpx.Timeout(self.config.timeout, read=None),
-            ) as response:  # fmt: skip
-                if response.status_code == 204:
-                    return
-                if response.status_code >= 400:
-                    response.read()
-                    c.raise_for(response)
-                for line in response.iter_lines():
-                    event = parser.feed(line)
-                    if event is not None:
-                        latest = c.job(event[1])
-                        yield latest
-            if latest is not None and latest.done:
+            latest = refused = None
+            try:
+                with self._http.stream(
+                    "GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                    timeout=httpx.Timeout(self.config.timeout, read=None),
+                ) as response:  # fmt: skip
+                    if response.status_code == 204:
+                        return
+                    if response.status_code >= 400:
+                        response.read()
+                        if c.retry_refused(response, failures, self.config):
+                            refused = response
+                        else:
+                            c.raise_for(response)
+                    else:
+                        for line in response.iter_lines():
+                            event = parser.feed(line)
+                            if event is not None:
+                                failures = 0
+                                latest = c.job(event[1])
+                                yield latest
+            except httpx.TransportError as exc:
+                if not c.retryable(exc) or failures >= self.config.max_retries:
+                    raise c.connection_failed(exc) from exc
+                failures += 1
+                time.sleep(self.config.delay(failures, None))
+                continue
+            if refused is not None:
+                failures += 1
+                time.sleep(self.config.delay(failures, refused))
+            elif latest is not None and latest.done:
                 return
 
     # -- memory -------------------------------------------------------------------

@@ -80,6 +80,11 @@ def retry_after(value: str | None) -> float | None:
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
+def retry_refused(response: httpx.Response, failures: int, config: Config) -> bool:
+    """Whether a refused request is tried again: a 429 or 503 while retries are left."""
+    return response.status_code in RETRY_STATUSES and failures < config.max_retries
+
+
 def retryable(error: httpx.TransportError) -> bool:
     """Connection errors and timeouts are retried; a malformed URL or the like is not."""
     return isinstance(
@@ -100,6 +105,7 @@ class Call:
     headers: dict[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
     timeout: float | None = None
+    tries: int = 0  # set by the client as it sends
 
     def __post_init__(self) -> None:
         self.params = {k: v for k, v in self.params.items() if v is not None}
@@ -191,3 +197,13 @@ def embeddings(body: Any) -> Embeddings:
 
 def queues(body: Any) -> dict[str, Queue]:
     return {name: Queue.model_validate(queue) for name, queue in body["queues"].items()}
+
+
+def canceled_by_an_earlier_try(call: Call, error: ConvoqError) -> bool:
+    """A cancel retried after a lost answer finds the job canceled: its own first try did
+    that, so the cancel succeeded."""
+    return (
+        call.tries > 1
+        and error.status == 409
+        and any(d.get("status") == "canceled" for d in error.details)
+    )
