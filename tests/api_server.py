@@ -13,7 +13,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from config import Settings
-from tests.support import ROOT, free_port, subprocess_env, wait_for
+from tests.support import ROOT, free_port, subprocess_env, wait_for_http
 
 
 @dataclass
@@ -85,16 +85,11 @@ def api_server(settings: Settings, log_dir: Path, **env: str) -> Iterator[ApiSer
         )  # fmt: skip
     server = ApiServer(f"http://{bind}", process.pid, log_path)
 
-    def up() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"gunicorn exited with {process.returncode}:\n{server.log()}")
-        try:
-            return requests.get(f"{server.base_url}/healthz", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
+    def exited() -> str:
+        return f"gunicorn exited with {process.returncode}:\n{server.log()}"
 
     try:
-        wait_for(up, 60, "the API", interval=0.2)
+        wait_for_http(process, f"{server.base_url}/healthz", "the API", 60, exited)
         yield server
     finally:
         if process.poll() is None:

@@ -68,6 +68,24 @@ def wait_for(
         time.sleep(interval)
 
 
+def wait_for_http(
+    process: subprocess.Popen, url: str, what: str, timeout: float, exited: Callable[[], str]
+) -> None:
+    """Wait until ``GET url`` answers 200; fail at once, saying ``exited()``, if the
+    process serving it dies first."""
+    import requests
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(exited())
+        try:
+            return requests.get(url, timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(up, timeout, what, interval=0.2)
+
+
 def subprocess_env(base: Mapping[str, str], **overrides: str) -> dict[str, str]:
     env = {**os.environ, **base, **overrides}
     env["HF_HUB_OFFLINE"] = "1"
@@ -251,8 +269,6 @@ def running_flower(
     worker_env: Mapping[str, str], credentials: tuple[str, str], log_path: Path
 ) -> Iterator[str]:
     """Flower as ``make run`` starts it, with basic auth; its URL once it answers."""
-    import requests
-
     port = free_port()
     env = {
         **worker_env,
@@ -268,16 +284,8 @@ def running_flower(
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert process.poll() is None, log_path.read_text()
-        try:
-            return requests.get(f"{url}/healthcheck", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            return False
-
     try:
-        wait_for(up, 60, "Flower to answer", interval=0.2)
+        wait_for_http(process, f"{url}/healthcheck", "Flower to answer", 60, log_path.read_text)
         yield url
     finally:
         process.terminate()

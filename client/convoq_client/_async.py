@@ -77,10 +77,7 @@ class AsyncClient:
                 if not c.retryable(exc) or attempt > self.config.max_retries:
                     raise c.connection_failed(exc) from exc
             else:
-                if (
-                    response.status_code not in c.RETRY_STATUSES
-                    or attempt > self.config.max_retries
-                ):
+                if not c.retry_refused(response, attempt - 1, self.config):
                     c.raise_for(response)
                     return call.parse(c.body_of(response))
             await asyncio.sleep(self.config.delay(attempt, response))

@@ -108,7 +108,7 @@ class Call:
     tries: int = 0  # set by the client as it sends
 
     def __post_init__(self) -> None:
-        self.params = {k: v for k, v in self.params.items() if v is not None}
+        self.params = compact(self.params)
         if self.method == "POST":
             self.headers.setdefault("Idempotency-Key", self.idempotency_key or str(uuid.uuid4()))
 
